@@ -1,0 +1,189 @@
+"""Update rules: one interface for the learned LPG rule and hand-designed ones.
+
+An update rule turns a rollout and the agent's outputs on it into targets
+(``targets``) and says how the agent learns from them (``agent_loss``).  It also
+says which heads the agent needs besides its policy (``head_sizes``).  The
+rule's parameters are always an argument, so the same code path serves
+meta-training (gradients reach them) and frozen use (they are constants).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
+
+
+class InnerHypers(NamedTuple):
+  """Per-agent inner-loop hyperparameters (scalars; vmapped over agents).
+
+  Attributes:
+    learning_rate: agent step size [ported: tabular SGD tens, networks Adam 5e-4..1e-3].
+    alpha_y: weight of the y KL term [ported: 0.5].
+    gamma: discount given to the rule as input, and used by hand-designed rules.
+  """
+  learning_rate: jax.Array
+  alpha_y: jax.Array
+  gamma: jax.Array
+
+
+def make_hypers(learning_rate, alpha_y=0.5, gamma=0.99) -> InnerHypers:
+  return InnerHypers(jnp.asarray(learning_rate, jnp.float32), jnp.asarray(alpha_y, jnp.float32),
+                     jnp.asarray(gamma, jnp.float32))
+
+
+class UpdateRule(abc.ABC):
+  """The interface every update rule implements (learned or hand-designed)."""
+
+  name: str = "rule"
+
+  @abc.abstractmethod
+  def head_sizes(self) -> dict[str, int]:
+    """Agent heads besides the policy: name -> width (0 for a scalar head)."""
+
+  def init(self, key: jax.Array) -> PyTree:
+    """Rule parameters (an empty dict for rules without any)."""
+    del key
+    return {}
+
+  @abc.abstractmethod
+  def targets(self, params: PyTree, rollout: Rollout, agent_out: AgentOutputs,
+              hypers: InnerHypers) -> RuleOutputs:
+    """Targets for every step.
+
+    Args:
+      params: rule parameters.
+      rollout: ``Rollout`` with ``[T(+1), B]`` leading dims.
+      agent_out: the agent's outputs on ``rollout.obs`` (``[T+1, B, ...]``).
+      hypers: inner hyperparameters.
+    Returns:
+      ``RuleOutputs`` with ``[T, B, ...]`` arrays.
+    """
+
+  @abc.abstractmethod
+  def agent_loss(self, agent_out: AgentOutputs, targets: RuleOutputs, rollout: Rollout,
+                 hypers: InnerHypers) -> tuple[jax.Array, dict]:
+    """Scalar loss whose gradient w.r.t. the agent is its update direction."""
+
+
+# ------------------------------------------------------------------- the LPG rule
+@dataclasses.dataclass(frozen=True)
+class LPGConfig:
+  """Sizes of the LPG meta-network (LPG_SPEC section 1).
+
+  Attributes:
+    hidden: LSTM width [ported: 256, GROOVE port].  Presets use 64 on CPU
+      (about 16x cheaper, LPG_SPEC 6b).
+    y_dim: m, the size of the prediction vector y [ported: 30].
+    phi_hidden: width of the shared phi MLP, m -> phi_hidden -> 1 [ported: 16].
+  """
+  hidden: int = 256
+  y_dim: int = 30
+  phi_hidden: int = 16
+
+  def __post_init__(self):
+    for f in ("hidden", "y_dim", "phi_hidden"):
+      if int(getattr(self, f)) < 1:
+        raise ValueError(f"LPGConfig.{f} must be >= 1, got {getattr(self, f)}")
+
+
+class LPGInputs(NamedTuple):
+  """Per-step inputs of the LPG network; ``[T, B]`` unless stated.
+
+  Attributes:
+    reward: r_t.
+    done: d_t, 1 where the episode ended at t.
+    gamma: the discount.
+    pi_a: pi(a_t | s_t).
+    y: ``[T, B, m]`` y(s_t).
+    y_next: ``[T, B, m]`` y(s_{t+1}).
+  """
+  reward: jax.Array
+  done: jax.Array
+  gamma: jax.Array
+  pi_a: jax.Array
+  y: jax.Array
+  y_next: jax.Array
+
+
+def lpg_inputs(rollout: Rollout, agent_out: AgentOutputs, gamma) -> LPGInputs:
+  """Builds the rule's inputs from a rollout and the agent's outputs on it.
+
+  The rule sees rewards, done flags, the discount, the probability of the
+  taken action and the agent's predictions y: never observations or actions.
+  """
+  probs = jax.nn.softmax(agent_out.logits[:-1])                       # [T, B, A]
+  pi_a = jnp.take_along_axis(probs, rollout.actions[..., None], axis=-1)[..., 0]
+  y_all = jax.nn.softmax(agent_out.heads["y"])                         # [T+1, B, m]
+  done = rollout.done
+  return LPGInputs(reward=rollout.rewards, done=done,
+                   gamma=jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), done.shape),
+                   pi_a=pi_a, y=y_all[:-1], y_next=y_all[1:])
+
+
+def _lpg_network(config: LPGConfig):
+  def forward(inputs: LPGInputs):
+    phi = hk.nets.MLP([config.phi_hidden, 1], name="phi")
+    x = jnp.concatenate([
+        inputs.reward[..., None], inputs.done[..., None], inputs.gamma[..., None],
+        inputs.pi_a[..., None], phi(inputs.y), phi(inputs.y_next)], axis=-1)    # [T, B, 6]
+    core = hk.ResetCore(hk.LSTM(config.hidden, name="lstm"))
+    batch = x.shape[1]
+    # Backwards in time; at step t the state coming from t+1 is dropped when the
+    # episode ended at t, so the output at t sees only t..end of t's episode.
+    outs, _ = hk.dynamic_unroll(core, (x, inputs.done > 0.5), core.initial_state(batch),
+                                time_major=True, reverse=True)
+    pi_hat = hk.Linear(1, name="pi_hat")(outs)[..., 0]
+    y_hat = jax.nn.softmax(hk.Linear(config.y_dim, name="y_hat")(outs))
+    return pi_hat, y_hat
+  return hk.without_apply_rng(hk.transform(forward))
+
+
+def kl_categorical(logp: jax.Array, logq: jax.Array) -> jax.Array:
+  """KL(p || q) over the last axis, from log-probabilities."""
+  return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
+
+
+class LPGRule(UpdateRule):
+  """The learned policy gradient rule: a reverse-time LSTM emitting (pi_hat, y_hat).
+
+  Agent update (LPG_SPEC section 2): ascend
+  ``pi_hat * log pi(a|s) - alpha_y * KL(y(s) || y_hat)`` averaged over the rollout.
+  """
+
+  name = "lpg"
+
+  def __init__(self, config: LPGConfig = LPGConfig()):
+    self.config = config
+    self._net = _lpg_network(config)
+
+  def head_sizes(self) -> dict[str, int]:
+    return {"y": self.config.y_dim}
+
+  def init(self, key: jax.Array) -> PyTree:
+    t, b, m = 2, 1, self.config.y_dim
+    z = jnp.zeros((t, b))
+    dummy = LPGInputs(z, z, z, z, jnp.full((t, b, m), 1.0 / m), jnp.full((t, b, m), 1.0 / m))
+    return self._net.init(key, dummy)
+
+  def apply(self, params: PyTree, inputs: LPGInputs) -> RuleOutputs:
+    """``inputs`` ``[T, B]`` -> ``RuleOutputs(pi_hat [T, B], y_hat [T, B, m])``."""
+    pi_hat, y_hat = self._net.apply(params, inputs)
+    return RuleOutputs(pi_hat=pi_hat, y_hat=y_hat)
+
+  def targets(self, params, rollout, agent_out, hypers):
+    return self.apply(params, lpg_inputs(rollout, agent_out, hypers.gamma))
+
+  def agent_loss(self, agent_out, targets, rollout, hypers):
+    logp = jax.nn.log_softmax(agent_out.logits[:-1])
+    logp_a = jnp.take_along_axis(logp, rollout.actions[..., None], axis=-1)[..., 0]
+    pg = jnp.mean(targets.pi_hat * logp_a)
+    y_logp = jax.nn.log_softmax(agent_out.heads["y"][:-1])
+    kl = jnp.mean(kl_categorical(y_logp, jnp.log(targets.y_hat + 1e-8)))
+    loss = -pg + hypers.alpha_y * kl
+    return loss, {"pg": pg, "kl_y": kl}
