@@ -79,5 +79,5 @@ def inner_update(rule: UpdateRule, rule_params: PyTree, net: AgentNetwork,
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(agent_params)
   updates, opt_state = optimizer.update(grads, opt_state, agent_params)
   updates = jax.tree_util.tree_map(lambda u: -hypers.learning_rate * u, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return UpdateResult(optax.apply_updates(agent_params, updates), opt_state, targets, metrics)
