@@ -1,2 +1,11 @@
-"""Shared pytest set-up: the CPU deadlock guard before jax, float32 by default."""
-from envs import _xla_flags  # noqa: F401  (sets XLA_FLAGS before jax is imported)
+"""Shared pytest set-up: the CPU deadlock guard and a compilation cache, before jax."""
+import os
+import tempfile
+
+# Compiled programs are shared across tests (and CLI runs inside tests) through
+# JAX's persistent cache; a fresh directory per session keeps runs independent.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lpg-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from envs import _xla_flags  # noqa: E402,F401  (sets XLA_FLAGS before jax is imported)

@@ -1,0 +1,113 @@
+"""The meta-training job: end to end, resume bit for bit, NaN safety, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lpg.artifact import load_rule
+from meta_train import checkpoint
+from meta_train.cli import main
+
+TINY = ["--preset", "tiny", "--no-progress"]
+
+
+def _params(path):
+  return load_rule(path).params
+
+
+def _assert_same(a, b):
+  for mod in a:
+    for name in a[mod]:
+      np.testing.assert_array_equal(a[mod][name], b[mod][name])
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("straight") / "run")
+  assert main(TINY + ["--out", out, "--num-updates", "4", "--checkpoint-every", "2"]) == 0
+  return out
+
+
+def test_tiny_run_writes_the_contract(straight_run):
+  out = straight_run
+  for f in ("config.json", "metrics.jsonl", "checkpoint.npz", "rule.pkl"):
+    assert os.path.isfile(os.path.join(out, f)), f
+  lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+  assert [l["meta_update"] for l in lines] == [1, 2, 3, 4]
+  for key in ("meta_loss", "grad_norm", "agent_steps_per_s", "wall_time_s", "envs", "skipped"):
+    assert key in lines[-1]
+  env = lines[-1]["envs"]["chain/short"]
+  assert "bandit_best" in env and "normalised_return" in env
+  rule = load_rule(os.path.join(out, "rule.pkl"))
+  assert rule.metadata["meta_updates"] == 4
+  assert rule.metadata["command"].startswith("lpg-meta-train --preset tiny")
+  config = json.load(open(os.path.join(out, "config.json")))
+  assert config["devices"]["count"] >= 1
+
+
+def test_resume_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path):
+  out = str(tmp_path / "run")
+  assert main(TINY + ["--out", out, "--num-updates", "2", "--checkpoint-every", "2"]) == 0
+  assert main(["--out", out, "--resume", "--num-updates", "4", "--no-progress"]) == 0
+  _assert_same(_params(os.path.join(straight_run, "rule.pkl")), _params(os.path.join(out, "rule.pkl")))
+  lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+  assert [l["meta_update"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_nan_meta_gradient_is_skipped_and_never_checkpointed(tmp_path):
+  out = str(tmp_path / "run")
+  argv = TINY + ["--out", out, "--fault-injection-step", "2", "--checkpoint-every", "1"]
+  assert main(argv + ["--num-updates", "4"]) == 0
+  lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+  assert [l["skipped"] for l in lines] == [0, 0, 1, 1]
+  assert lines[-1]["skipped_total"] == 2
+  final = load_rule(os.path.join(out, "rule.pkl"))  # loading checks every array is finite
+  assert final.metadata["meta_updates"] == 4
+  header = checkpoint.read_header(os.path.join(out, "checkpoint.npz"))
+  assert header["step"] == 4
+
+
+def test_repeated_failures_stop_the_job_keeping_the_checkpoint(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  argv = TINY + ["--out", out, "--fault-injection-step", "2", "--checkpoint-every", "1",
+                 "--max-consecutive-skips", "3", "--num-updates", "8"]
+  assert main(argv) == 1
+  err = capsys.readouterr().err
+  assert "non-finite" in err and "last good checkpoint" in err
+  header = checkpoint.read_header(os.path.join(out, "checkpoint.npz"))
+  assert header["step"] == 4   # the update that tripped the limit is not checkpointed
+  load_rule(os.path.join(out, "rule.pkl"))  # still loads: finite
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--envs", "chain/shrot"], "did you mean 'chain/short'"),
+    (["--envs", "everything"], "unknown environment"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--num-updates", "-3"], "num-updates must be >= 0"),
+    (["--agents-per-env", "0"], "agents-per-env must be >= 1"),
+    (["--num-updates", "x"], "invalid int value"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, tmp_path, capsys):
+  code = main(argv + ["--out", str(tmp_path / "o"), "--no-progress"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert len(err) == 1 and err[0].startswith("lpg-meta-train: error:"), err
+  assert needle in err[0]
+  assert not os.path.exists(tmp_path / "o" / "config.json")
+
+
+def test_out_is_a_file_or_non_empty_or_no_checkpoint(tmp_path, capsys):
+  f = tmp_path / "afile"
+  f.write_text("keep me")
+  assert main(TINY + ["--out", str(f)]) == 2
+  assert "is a file" in capsys.readouterr().err
+  assert f.read_text() == "keep me"
+  d = tmp_path / "full"
+  d.mkdir()
+  (d / "x.txt").write_text("data")
+  assert main(TINY + ["--out", str(d)]) == 2
+  assert "not empty" in capsys.readouterr().err
+  assert main(TINY + ["--out", str(tmp_path / "empty"), "--resume"]) == 2
+  assert "no checkpoint" in capsys.readouterr().err
+  assert os.listdir(d) == ["x.txt"]
