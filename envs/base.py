@@ -162,6 +162,21 @@ class Environment(abc.ABC):
                       reward=jnp.asarray(reward, jnp.float32),
                       terminated=terminated, truncated=truncated)
 
+  def step_no_reset(self, key: jax.Array, state: PyTree, action: jax.Array,
+                    params: PyTree) -> StepOutput:
+    """One step with the time limit but *without* auto-reset.
+
+    ``obs``/``state`` are those the transition reached, also when it ended the
+    episode (what a dm_env LAST time step shows).  The caller resets.
+    """
+    next_state, reward, terminated = self.step_env(key, state, action, params)
+    terminated = jnp.asarray(terminated, jnp.bool_)
+    truncated = jnp.logical_and(next_state.time >= self.max_episode_steps,
+                                jnp.logical_not(terminated))
+    return StepOutput(obs=self.get_obs(next_state, params), state=next_state,
+                      reward=jnp.asarray(reward, jnp.float32),
+                      terminated=terminated, truncated=truncated)
+
   def __repr__(self) -> str:
     return (f"{type(self).__name__}(name={self.name!r}, num_actions={self.num_actions}, "
             f"obs={self.obs_spec}, max_episode_steps={self.max_episode_steps})")
