@@ -1,0 +1,124 @@
+"""Hand-designed update rules behind the ``UpdateRule`` interface.
+
+They go through ``lpg.update.inner_update`` exactly as the learned rule does
+(same agent networks, optimisers, rollouts), so LPG and the baselines are
+compared on equal terms.
+
+* ``A2CRule``: advantage actor-critic (Mnih et al. 2016) with GAE advantages
+  (Schulman et al. 2016) from the agent's own value head ``v``.
+* ``RandomRule``: a rule whose loss is zero.  Agents start with zero policy
+  logits (``lpg.networks`` zero-initialises the policy head), so an agent
+  trained by it stays the uniform random policy: the random baseline of reports.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lpg.returns import batched_gae
+from lpg.rule import InnerHypers, UpdateRule
+from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
+
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class A2CConfig:
+  """A2C loss weights and advantage estimator.
+
+  Attributes:
+    gae_lambda: lambda of the GAE advantages; 1.0 gives n-step (rollout-length)
+      returns [chosen: 0.95, Schulman et al. 2016; also the meta-objective's].
+    value_coef: weight of ``(v - G)^2`` [chosen: 0.5, the common A2C/PPO value].
+    entropy_coef: weight of the policy-entropy bonus [chosen: 0.01, Mnih et al.
+      2016 / MinAtar's actor-critic].
+    normalize_advantages: standardise advantages over the batch [chosen: False,
+      plain A2C].
+  """
+  gae_lambda: float = 0.95
+  value_coef: float = 0.5
+  entropy_coef: float = 0.01
+  normalize_advantages: bool = False
+
+  def __post_init__(self):
+    if not 0.0 <= self.gae_lambda <= 1.0:
+      raise ValueError(f"A2CConfig.gae_lambda must lie in [0, 1], got {self.gae_lambda}")
+    if self.value_coef < 0 or self.entropy_coef < 0:
+      raise ValueError("A2CConfig.value_coef and entropy_coef must be >= 0")
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+  """Entropy ``[...]`` of the categorical distributions ``logits[..., A]``."""
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def log_prob_of(logits: jax.Array, actions: jax.Array) -> jax.Array:
+  """``log pi(a|s)`` ``[T, B]`` from ``logits[T, B, A]`` and ``actions[T, B]``."""
+  logp = jax.nn.log_softmax(logits)
+  return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
+
+
+class A2CRule(UpdateRule):
+  """Advantage actor-critic as an update rule.
+
+  Targets (``targets``, computed outside the differentiated loss):
+  ``v = agent_out.heads["v"]`` ``[T+1, B]``; discounts ``gamma *
+  rollout.bootstrap_mask`` ``[T, B]``; ``pi_hat = GAE(lambda)`` advantages
+  ``[T, B]``; ``extras["returns"] = pi_hat + v[:-1]`` ``[T, B]``.
+
+  Loss: ``mean(-adv * log pi(a|s) + value_coef * (v - G)^2 - entropy_coef * H(pi))``.
+  """
+
+  name = "a2c"
+
+  def __init__(self, config: A2CConfig = A2CConfig()):
+    self.config = config
+
+  def head_sizes(self) -> dict[str, int]:
+    return {"v": 0}
+
+  def targets(self, params: PyTree, rollout: Rollout, agent_out: AgentOutputs,
+              hypers: InnerHypers) -> RuleOutputs:
+    del params
+    v = sg(agent_out.heads["v"])                                        # [T+1, B]
+    discount = hypers.gamma * rollout.bootstrap_mask                     # [T, B]
+    adv = batched_gae(rollout.rewards, discount, v, self.config.gae_lambda)
+    returns = adv + v[:-1]
+    if self.config.normalize_advantages:
+      adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return RuleOutputs(pi_hat=sg(adv), y_hat=None, extras={"returns": sg(returns)})
+
+  def agent_loss(self, agent_out: AgentOutputs, targets: RuleOutputs, rollout: Rollout,
+                 hypers: InnerHypers) -> tuple[jax.Array, dict]:
+    del hypers
+    logits = agent_out.logits[:-1]
+    pg = jnp.mean(targets.pi_hat * log_prob_of(logits, rollout.actions))
+    v_loss = jnp.mean(jnp.square(agent_out.heads["v"][:-1] - targets.extras["returns"]))
+    ent = jnp.mean(entropy_from_logits(logits))
+    loss = -pg + self.config.value_coef * v_loss - self.config.entropy_coef * ent
+    return loss, {"pg": pg, "value_loss": v_loss, "entropy": ent}
+
+
+class RandomRule(UpdateRule):
+  """The uniform random policy: a zero loss, so agents never leave their zero init."""
+
+  name = "random"
+
+  def head_sizes(self) -> dict[str, int]:
+    return {}
+
+  def targets(self, params, rollout, agent_out, hypers) -> RuleOutputs:
+    del params, agent_out, hypers
+    return RuleOutputs(pi_hat=jnp.zeros(rollout.rewards.shape, jnp.float32))
+
+  def agent_loss(self, agent_out, targets, rollout, hypers):
+    del targets, rollout, hypers
+    # Zero, but still a function of the agent so that gradients are defined (all zero).
+    loss = 0.0 * jnp.sum(agent_out.logits)
+    return loss, {}
+
+
+BASELINES = {"a2c": A2CRule, "random": RandomRule}

@@ -1,0 +1,233 @@
+"""lpg-apply / lpg-report: the summary contract, A2C vs random, and bad input.
+
+Kept fast: tiny rules (LPGConfig(hidden=16, y_dim=8)), few envs, short runs;
+compiled runs happen once in module-scoped fixtures.
+"""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs import _xla_flags  # noqa: F401
+from lpg.artifact import save_rule
+from lpg.rule import LPGConfig, LPGRule
+from meta_test import apply as apply_lib
+from meta_test import report as report_lib
+
+SUMMARY_KEYS = {"env", "algo", "steps", "seeds", "final_return_mean", "final_return_std", "rule",
+                "wall_time_s", "steps_per_s", "agent", "hyperparameters"}
+TINY = ["--num-envs", "16", "--rollout-len", "20", "--quiet"]
+BUDGET = {"chain/short": 20_000, "tabular/dense": 40_000}
+
+
+@pytest.fixture(scope="module")
+def rule_path(tmp_path_factory):
+  config = LPGConfig(hidden=16, y_dim=8)
+  path = str(tmp_path_factory.mktemp("rule") / "rule.pkl")
+  save_rule(path, LPGRule(config).init(jax.random.PRNGKey(0)), config, {"note": "test rule"})
+  return path
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory, rule_path):
+  """lpg-report over chain/short and tabular/dense with lpg, a2c, random (6 runs)."""
+  out = str(tmp_path_factory.mktemp("report"))
+  outs = {}
+  for env, steps in BUDGET.items():
+    rc = report_lib.main(["--rule", rule_path, "--suite", env, "--algos", "lpg,a2c,random",
+                          "--steps", str(steps), "--seeds", "2", "--out", out, "--resume"] + TINY)
+    assert rc == 0
+  return out
+
+
+def _summary(out, env, algo):
+  with open(os.path.join(report_lib.run_dir(out, env, algo), "summary.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("env", list(BUDGET))
+@pytest.mark.parametrize("algo", ["lpg", "a2c"])
+def test_summary_contract(report_dir, rule_path, env, algo):
+  s = _summary(report_dir, env, algo)
+  assert SUMMARY_KEYS <= set(s)
+  assert s["env"] == env and s["algo"] == algo and s["seeds"] == 2
+  assert s["steps"] == BUDGET[env]
+  assert np.isfinite(s["final_return_mean"]) and np.isfinite(s["final_return_std"])
+  assert s["steps_per_s"] > 0 and s["wall_time_s"] > 0
+  assert s["agent"]["kind"] == "tabular"
+  assert s["hyperparameters"]["optimizer"] == "sgd"
+  assert s["rule"]["checksum"] and os.path.samefile(s["rule"]["path"], rule_path)
+  d = report_lib.run_dir(report_dir, env, algo)
+  curves = pd.read_csv(os.path.join(d, "curves.csv"))
+  assert list(curves.columns[:3]) == ["step", "seed", "episode_return"]
+  assert set(curves["seed"]) == {0, 1}
+  assert curves["step"].max() >= BUDGET[env]
+  assert os.path.getsize(os.path.join(d, "curve.png")) > 1000
+
+
+@pytest.mark.parametrize("env", list(BUDGET))
+def test_a2c_beats_random(report_dir, env):
+  a2c = _summary(report_dir, env, "a2c")["final_return_mean"]
+  rnd = _summary(report_dir, env, "random")["final_return_mean"]
+  margin = {"chain/short": 0.4, "tabular/dense": 5.0}[env]
+  assert a2c > rnd + margin, (a2c, rnd)
+
+
+def test_report_table(report_dir):
+  df = pd.read_csv(os.path.join(report_dir, "report.csv"))
+  assert len(df) == 6
+  assert not df.duplicated(["env", "algo"]).any()
+  assert set(df["env"]) == set(BUDGET) and set(df["algo"]) == {"lpg", "a2c", "random"}
+  a2c = df[df["algo"] == "a2c"]
+  assert np.allclose(a2c["ratio_to_a2c"], 1.0) and np.allclose(a2c["a2c_relative"], 1.0)
+  md = open(os.path.join(report_dir, "report.md")).read().splitlines()
+  assert md[0].startswith("| env | algo |") and len(md) == 2 + 6
+  for name in ("scores.png", "curves.png"):
+    assert os.path.getsize(os.path.join(report_dir, name)) > 1000
+
+
+def test_report_resume_skips_done_runs(report_dir, rule_path, capsys):
+  before = os.path.getmtime(os.path.join(report_lib.run_dir(report_dir, "chain/short", "a2c"),
+                                         "summary.json"))
+  rc = report_lib.main(["--rule", rule_path, "--suite", "chain/short", "--algos", "a2c,random",
+                        "--steps", "20000", "--seeds", "2", "--out", report_dir, "--resume"] + TINY)
+  assert rc == 0
+  assert "skipped" in capsys.readouterr().err
+  after = os.path.getmtime(os.path.join(report_lib.run_dir(report_dir, "chain/short", "a2c"),
+                                        "summary.json"))
+  assert before == after
+
+
+def test_apply_cli_writes_outputs(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  rc = apply_lib.main(["--env", "chain/short", "--algo", "a2c", "--steps", "3000", "--seeds", "2",
+                       "--out", out] + TINY)
+  assert rc == 0
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert printed["env"] == "chain/short"
+  s = json.load(open(os.path.join(out, "summary.json")))
+  assert SUMMARY_KEYS <= set(s) and s["rule"]["path"] is None
+  assert {"summary.json", "curves.csv", "curve.png"} <= set(os.listdir(out))
+
+
+def test_apply_user_dm_env_host_loop(tmp_path):
+  out = str(tmp_path / "host")
+  rc = apply_lib.main(["--env", "meta_test.examples:chain_short", "--algo", "a2c",
+                       "--steps", "400", "--seeds", "1", "--out", out, "--num-envs", "4",
+                       "--rollout-len", "10", "--quiet"])
+  assert rc == 0
+  s = json.load(open(os.path.join(out, "summary.json")))
+  assert s["compiled"] is False and s["env"] == "meta_test.examples:chain_short"
+  assert s["hyperparameters"]["num_updates"] == 10
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def bad_rules(tmp_path_factory, rule_path):
+  d = tmp_path_factory.mktemp("bad")
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+  hostile = d / "hostile.pkl"
+  hostile.write_bytes(pickle.dumps(Evil()))
+  truncated = d / "truncated.pkl"
+  truncated.write_bytes(open(rule_path, "rb").read()[:200])
+  return {"hostile": str(hostile), "truncated": str(truncated), "missing": str(d / "nope.pkl")}
+
+
+def _expect_usage_error(capsys, main, argv, *needles):
+  rc = main(argv)
+  captured = capsys.readouterr()
+  err = captured.err.strip()
+  assert rc == 2, err
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith(("lpg-apply: error: ", "lpg-report: error: ")), err
+  assert "Traceback" not in err
+  for n in needles:
+    assert n in err, err
+  return err
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--env", "chain/shrt", "--algo", "a2c"], ["unknown environment", "chain/short"]),
+    (["--env", "chain/short", "--algo", "a2c", "--steps", "0"], ["--steps"]),
+    (["--env", "chain/short", "--algo", "a2c", "--steps", "-5"], ["--steps"]),
+    (["--env", "chain/short", "--algo", "a2c", "--seeds", "0"], ["--seeds"]),
+    (["--env", "chain/short", "--algo", "lpg"], ["--rule"]),
+    (["--env", "chain/short", "--algo", "ppo"], ["--algo"]),
+    (["--env", "chain/short", "--algo", "a2c", "--steps", "ten"], ["--steps"]),
+    (["--env", "Breakout", "--algo", "a2c", "--agent", "tabular"], ["tabular"]),
+    (["--env", "nosuchpkg.mod:make", "--algo", "a2c"], ["cannot import"]),
+    (["--env", "meta_test.examples:not_an_env", "--algo", "a2c"], ["dm_env"]),
+])
+def test_apply_bad_args(capsys, tmp_path, argv, needles):
+  _expect_usage_error(capsys, apply_lib.main, argv + ["--out", str(tmp_path / "o")], *needles)
+  assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("which,needle", [("hostile", "refus"), ("truncated", "truncated"),
+                                          ("missing", "does not exist")])
+def test_apply_bad_rule(capsys, tmp_path, bad_rules, which, needle):
+  _expect_usage_error(capsys, apply_lib.main, ["--rule", bad_rules[which], "--env", "chain/short",
+                                               "--out", str(tmp_path / "o")], needle)
+  assert not os.path.exists(tmp_path / "o")
+
+
+def test_apply_out_existing_file_or_nonempty_dir(capsys, tmp_path):
+  f = tmp_path / "file.txt"
+  f.write_text("keep me")
+  _expect_usage_error(capsys, apply_lib.main, ["--env", "chain/short", "--algo", "a2c", "--out",
+                                               str(f), "--overwrite"], "existing file")
+  d = tmp_path / "full"
+  d.mkdir()
+  (d / "summary.json").write_text("old")
+  _expect_usage_error(capsys, apply_lib.main, ["--env", "chain/short", "--algo", "a2c", "--out",
+                                               str(d)], "--overwrite")
+  assert f.read_text() == "keep me" and (d / "summary.json").read_text() == "old"
+
+
+def test_apply_atari_missing_extra(capsys, tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "ale_py", None)  # as if ale-py were not installed
+  _expect_usage_error(capsys, apply_lib.main, ["--env", "atari/Breakout", "--algo", "a2c",
+                                               "--out", str(tmp_path / "o")],
+                      'pip install -e ".[atari]"')
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["--suite", "chain/short,tabluar/dense", "--algos", "a2c"], ["tabular/dense"]),
+    (["--suite", "chain/short", "--algos", "a2c,ppo"], ["--algos"]),
+    (["--suite", "chain/short", "--algos", "a2c", "--seeds", "-1"], ["--seeds"]),
+    (["--suite", "chain/short", "--algos", "a2c", "--steps", "0"], ["--steps"]),
+    (["--suite", "chain/short", "--algos", "lpg,a2c"], ["--rule"]),
+])
+def test_report_bad_args(capsys, tmp_path, argv, needles):
+  _expect_usage_error(capsys, report_lib.main, argv + ["--out", str(tmp_path / "r")], *needles)
+
+
+def test_report_bad_rule_and_out(capsys, tmp_path, bad_rules):
+  _expect_usage_error(capsys, report_lib.main, ["--rule", bad_rules["hostile"], "--suite",
+                                                "chain/short", "--out", str(tmp_path / "r")],
+                      "refus")
+  d = tmp_path / "full"
+  d.mkdir()
+  (d / "x").write_text("old")
+  _expect_usage_error(capsys, report_lib.main, ["--suite", "chain/short", "--algos", "a2c",
+                                                "--out", str(d)], "--resume")
+
+
+def test_cli_subprocess_exit_code(tmp_path):
+  """The real process: exit status 2, one stderr line, no traceback."""
+  proc = subprocess.run([sys.executable, "-m", "meta_test.apply", "--env", "Breakot", "--algo",
+                         "a2c", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("lpg-apply: error: unknown environment")
+  assert "Breakout" in lines[0]
