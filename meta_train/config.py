@@ -46,6 +46,9 @@ class TrainConfig:
     bandit_window: the arm score is an exponential moving average with
       weight ``1/bandit_window`` of finished lifetimes' normalised final
       returns [chosen: 10, the ported "mean of the last 10"].
+    agent_chunk: lifetimes of one environment whose meta-gradients are computed
+      at once; the group is processed in sequential chunks of this size and
+      the gradients summed (memory ~ chunk, not population).  0: all at once.
     updates_per_call: meta-updates scanned inside one compiled call.
     checkpoint_every: meta-updates between checkpoints (0: only at the end).
     log_every: meta-updates between lines of metrics.jsonl.
@@ -68,6 +71,7 @@ class TrainConfig:
   bandit_temperature: float = 0.1
   bandit_bonus: float = 0.2
   bandit_window: int = 10
+  agent_chunk: int = 0
   updates_per_call: int = 1
   checkpoint_every: int = 20
   log_every: int = 5
@@ -83,6 +87,9 @@ class TrainConfig:
     for f in ("num_updates", "checkpoint_every"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"{f.replace('_', '-')} must be >= 0, got {getattr(self, f)}")
+    if self.agent_chunk < 0 or (self.agent_chunk and self.agents_per_env % self.agent_chunk):
+      raise ValueError(f"agent-chunk ({self.agent_chunk}) must divide agents-per-env "
+                       f"({self.agents_per_env})")
     if not self.envs:
       raise ValueError("at least one training environment is needed")
     if self.meta_lr <= 0:

@@ -150,6 +150,37 @@ def make_meta_train(config: TrainConfig) -> MetaTrain:
   def new_lives(e, key, arms):
     return jax.vmap(problems[e].init_lifetime)(jax.random.split(key, pe), hypers_for(e, arms))
 
+  chunk = config.agent_chunk or pe
+  n_chunks = pe // chunk
+
+  def group_meta_grad(problem, rule_params, lives, key):
+    """Mean meta-loss of one env's lifetimes and its gradient, in sequential chunks."""
+    keys = jax.random.split(key, pe)
+
+    def chunk_grad(rp, lives_c, keys_c):
+      def loss_fn(rp):
+        losses, (new_lives, metrics) = jax.vmap(problem.meta_loss, in_axes=(None, 0, 0))(
+            rp, lives_c, keys_c)
+        return jnp.mean(losses), (new_lives, metrics)
+      (l, (new_lives, metrics)), g = jax.value_and_grad(loss_fn, has_aux=True)(rp)
+      return l, g, new_lives, metrics
+
+    if n_chunks == 1:
+      return chunk_grad(rule_params, lives, keys)
+    split = lambda x: x.reshape((n_chunks, chunk) + x.shape[1:])
+    merge = lambda x: x.reshape((pe,) + x.shape[2:])
+
+    def body(acc, xs):
+      lives_c, keys_c = xs
+      l, g, new_lives, metrics = chunk_grad(rule_params, lives_c, keys_c)
+      acc = jax.tree_util.tree_map(lambda a, b: a + b / n_chunks, acc, (l, g))
+      return acc, (new_lives, metrics)
+
+    zero = (jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, rule_params))
+    (l, g), (new_lives, metrics) = jax.lax.scan(
+        body, zero, (jax.tree_util.tree_map(split, lives), split(keys)))
+    return l, g, jax.tree_util.tree_map(merge, new_lives), jax.tree_util.tree_map(merge, metrics)
+
   def init(seed: int) -> TrainState:
     key = jax.random.PRNGKey(seed)
     k_rule, k_pop = jax.random.split(key)
@@ -177,17 +208,14 @@ def make_meta_train(config: TrainConfig) -> MetaTrain:
     key = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
     k_loss, k_life = jax.random.split(key)
 
-    def loss_fn(rule_params):
-      total, aux = 0.0, []
-      for e, problem in enumerate(problems):
-        keys = jax.random.split(jax.random.fold_in(k_loss, e), pe)
-        losses, (lives, metrics) = jax.vmap(problem.meta_loss, in_axes=(None, 0, 0))(
-            rule_params, state.lives[e], keys)
-        total = total + jnp.mean(losses) / num_envs
-        aux.append((lives, metrics))
-      return total, aux
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.rule_params)
+    loss, grads, aux = 0.0, None, []
+    for e, problem in enumerate(problems):
+      g_loss, g_grads, lives, metrics = group_meta_grad(
+          problem, state.rule_params, state.lives[e], jax.random.fold_in(k_loss, e))
+      loss = loss + g_loss / num_envs
+      g_grads = jax.tree_util.tree_map(lambda g: g / num_envs, g_grads)
+      grads = g_grads if grads is None else jax.tree_util.tree_map(jnp.add, grads, g_grads)
+      aux.append((lives, metrics))
     if config.fault_injection_step >= 0:
       poison = jnp.where(state.step >= config.fault_injection_step, jnp.nan, 1.0)
       grads = jax.tree_util.tree_map(lambda g: g * poison, grads)
