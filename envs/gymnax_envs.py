@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +72,9 @@ class GymnaxEnv(Environment):
   def __init__(self, spec: GymnaxSpec, name: str = "gymnax", **gymnax_kwargs):
     self.spec = spec
     self.name = name
+    # Imported here: importing gymnax starts a JAX backend, which must wait for
+    # jax.distributed.initialize in multi-host runs (and slows every CLI start).
+    import gymnax
     self.gymnax_env, self._default_params = gymnax.make(spec.gymnax_id, **gymnax_kwargs)
     obs, _ = self.gymnax_env.reset(jax.random.PRNGKey(0), self._default_params)
     self._obs_shape = tuple(obs.shape)

@@ -54,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--log-every", type=int, default=None, help="meta-updates per metrics line")
   p.add_argument("--updates-per-call", type=int, default=None,
                  help="meta-updates scanned in one compiled call")
+  p.add_argument("--agent-chunk", type=int, default=None,
+                 help="lifetimes per sequential gradient chunk (memory ~ chunk; 0 = all)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--coordinator", default=None,
+                 help="HOST:PORT of process 0, to join a multi-host run (jax.distributed)")
+  p.add_argument("--num-processes", type=int, default=None, help="processes in a multi-host run")
+  p.add_argument("--process-id", type=int, default=None, help="this process's index (0 writes)")
   p.add_argument("--max-consecutive-skips", type=int, default=None,
                  help="stop after this many non-finite meta-updates in a row (default 10)")
   p.add_argument("--fault-injection-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -87,7 +93,8 @@ def make_config(args):
                       ("seed", "seed"), ("checkpoint_every", "checkpoint_every"),
                       ("log_every", "log_every"), ("updates_per_call", "updates_per_call"),
                       ("fault_injection_step", "fault_injection_step"),
-                      ("max_consecutive_skips", "max_consecutive_skips")):
+                      ("max_consecutive_skips", "max_consecutive_skips"),
+                      ("agent_chunk", "agent_chunk")):
     value = getattr(args, flag)
     if value is not None:
       overrides[field] = value
@@ -104,16 +111,21 @@ def git_commit() -> str | None:
     return None
 
 
-def check_out_dir(out: str, resume: bool) -> None:
+def check_out_dir(out: str, resume: bool, main_process: bool = True) -> None:
   from meta_train import checkpoint
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out {out} is a file; give a directory path")
   if resume:
     if not checkpoint.exists(out) or not os.path.isfile(os.path.join(out, "config.json")):
       raise UserError(f"--resume: no checkpoint in {out}; start a new run without --resume")
-  elif os.path.isdir(out) and os.listdir(out):
+  elif main_process and os.path.isdir(out) and os.listdir(out):
     raise UserError(f"--out {out} is not empty; pass --resume to continue it or choose a new "
                     "directory")
+
+
+def _scalar(x) -> int:
+  """A replicated scalar as an int (works for multi-host arrays too)."""
+  return int(x.addressable_data(0)) if hasattr(x, "addressable_data") else int(x)
 
 
 class _Stop:
@@ -132,7 +144,15 @@ def run(argv: list[str]) -> int:
   args = build_parser().parse_args(argv)
   out = args.out or os.path.join(
       "runs", f"{args.preset}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-  check_out_dir(out, args.resume)
+  multi = any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
+  if multi and (args.coordinator is None or args.num_processes is None or args.process_id is None):
+    raise UserError("a multi-host run needs all of --coordinator, --num-processes and --process-id")
+  if multi and args.out is None:
+    raise UserError("a multi-host run needs an explicit --out on a filesystem all hosts share")
+  if multi:  # before anything touches a JAX backend (env construction does)
+    from meta_train import distributed
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  check_out_dir(out, args.resume, main_process=not multi or args.process_id == 0)
   try:
     config = _resolve_config(args, out)
   except ValueError as e:  # invalid config values, unknown env names
@@ -162,56 +182,68 @@ def _train(args, argv, out, config) -> int:
 
   import jax
   import numpy as np
-  from meta_train import checkpoint
+  from meta_train import checkpoint, distributed
+  main_process = distributed.is_main_process()
   from meta_train.logging_utils import MetricsLogger
   from meta_train.trainer import make_meta_train
   from lpg.artifact import save_rule
 
   devices = jax.devices()
-  device_desc = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
+  device_desc = (f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+                 f"{jax.process_count()} process(es)")
+  mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
+  try:
+    distributed.check_population(config.agents_per_env, config.agent_chunk, len(devices))
+  except ValueError as e:
+    raise UserError(str(e)) from None
   command = " ".join([PROG] + [shlex.quote(a) for a in argv])
-  os.makedirs(out, exist_ok=True)
+  if main_process:
+    os.makedirs(out, exist_ok=True)
   print(f"{PROG}: {len(config.envs)} envs x {config.agents_per_env} lifetimes = "
         f"{config.population} agents; rule LSTM {config.rule.hidden}; K={config.meta.num_inner}; "
         f"devices: {device_desc}; out: {out}", file=sys.stderr)
-  if not args.resume:
+  if not args.resume and main_process:
     with open(os.path.join(out, "config.json"), "w") as f:
       json.dump({"config": config.to_dict(), "command": command, "preset": args.preset,
                  "devices": {"count": len(devices), "kind": devices[0].device_kind,
-                             "platform": devices[0].platform},
+                             "platform": devices[0].platform,
+                             "processes": jax.process_count()},
                  "jax": jax.__version__, "git_commit": git_commit(),
                  "started": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=2)
 
-  mt = make_meta_train(config)
+  mt = make_meta_train(config, mesh=mesh)
   ckpt_path = os.path.join(out, checkpoint.FILENAME)
   if args.resume:
     template = jax.eval_shape(mt.init, config.seed)
     state, header = checkpoint.restore(ckpt_path, template)
-    state = jax.tree_util.tree_map(jax.numpy.asarray, state)
+    state = (distributed.from_host(state, mt.shardings) if mt.shardings is not None
+             else jax.tree_util.tree_map(jax.numpy.asarray, state))
     wall_offset = float(header.get("wall_time_s", 0.0))
   else:
     state = mt.init(config.seed)
     wall_offset = 0.0
-  step = int(state.step)
+  step = _scalar(state.step)
   start_step = step
   logger = MetricsLogger(os.path.join(out, "metrics.jsonl"), config, mt, resume=args.resume,
-                         start_step=step)
+                         start_step=step, write=main_process)
 
   def export(state, wall):
-    meta = {"command": command, "envs": list(config.envs), "meta_updates": int(state.step),
-            "agent_steps": int(state.step) * config.agent_steps_per_update,
+    meta = {"command": command, "envs": list(config.envs), "meta_updates": _scalar(state.step),
+            "agent_steps": _scalar(state.step) * config.agent_steps_per_update,
             "seed": config.seed, "git_commit": git_commit(), "jax": jax.__version__,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "hardware": device_desc, "wall_time_s": round(wall, 1),
             "train_config": config.to_dict()}
-    checkpoint.save(ckpt_path, state, {"step": int(state.step), "wall_time_s": wall})
-    save_rule(os.path.join(out, "rule.pkl"), state.rule_params, config.rule, meta)
+    host_state = distributed.to_host(state)  # every process takes part in the gather
+    if main_process:
+      checkpoint.save(ckpt_path, host_state, {"step": int(host_state.step), "wall_time_s": wall})
+      save_rule(os.path.join(out, "rule.pkl"), host_state.rule_params, config.rule, meta)
 
   stopper = _Stop()
   old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
   from tqdm import tqdm
   bar = tqdm(total=config.num_updates, initial=step, desc="meta-train", unit="upd",
-             disable=args.no_progress or None, dynamic_ncols=True, file=sys.stderr)
+             disable=args.no_progress or not main_process or None, dynamic_ncols=True, file=sys.stderr)
   t0 = time.time()
   consecutive_skips = 0
   last_ckpt = step
@@ -220,9 +252,9 @@ def _train(args, argv, out, config) -> int:
       n = min(config.updates_per_call, config.num_updates - step)
       tic = time.time()
       new_state, metrics = mt.run(state, n)
-      metrics = jax.device_get(metrics)
+      metrics = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), metrics)
       state = new_state
-      step = int(state.step)
+      step = _scalar(state.step)
       dt = time.time() - tic
       skipped = np.asarray(metrics.skipped, bool)
       for s in skipped:
@@ -257,7 +289,7 @@ def _train(args, argv, out, config) -> int:
     return 128 + stopper.signal
   rate = done * config.agent_steps_per_update / max(wall, 1e-9)
   print(f"{PROG}: {step} meta-updates ({done} this session, {wall:.0f} s, "
-        f"{rate:,.0f} agent-steps/s, {int(state.skipped)} skipped); rule: "
+        f"{rate:,.0f} agent-steps/s, {_scalar(state.skipped)} skipped); rule: "
         f"{os.path.join(out, 'rule.pkl')}", file=sys.stderr)
   return 0
 

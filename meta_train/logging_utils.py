@@ -20,10 +20,11 @@ class MetricsLogger:
   current ``bandit_best`` arm (lr, alpha_y) with its probability.
   """
 
-  def __init__(self, path: str, config, meta_train, resume: bool, start_step: int):
-    self.path, self.config, self.mt = path, config, meta_train
+  def __init__(self, path: str, config, meta_train, resume: bool, start_step: int,
+               write: bool = True):
+    self.path, self.config, self.mt, self.write = path, config, meta_train, write
     self.names = list(config.envs)
-    if resume and os.path.exists(path):
+    if resume and write and os.path.exists(path):
       self._truncate_after(start_step)
     self._reset()
     self.skipped_total = 0
@@ -106,10 +107,11 @@ class MetricsLogger:
         "mean_normalised_return": float(np.mean(norms)) if norms else None,
         "envs": per_env,
     }
-    with open(self.path, "a") as f:
-      f.write(json.dumps(line) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    if self.write:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     self._reset()
     postfix = {"loss": f"{line['meta_loss']:.3f}" if line["meta_loss"] is not None else "nan",
                "steps/s": f"{line['agent_steps_per_s']:,.0f}"}

@@ -73,6 +73,7 @@ class StepMetrics(NamedTuple):
 class MetaTrain(NamedTuple):
   init: callable
   run: callable
+  shardings: TrainState | None
   problems: tuple
   arm_table: np.ndarray       # [E, A, 2] (learning rate, alpha_y) of each arm.
   references: tuple           # per env (optimal, random) or None.
@@ -120,8 +121,13 @@ def _agent_finite(lives: Lifetime) -> jax.Array:
   return functools.reduce(jnp.logical_and, per)
 
 
-def make_meta_train(config: TrainConfig) -> MetaTrain:
-  """Builds the pure ``init`` and compiled ``run`` of a meta-training job."""
+def make_meta_train(config: TrainConfig, mesh=None) -> MetaTrain:
+  """Builds the ``init`` and compiled ``run`` of a meta-training job.
+
+  With a ``mesh`` (see ``meta_train.distributed``) the population is sharded
+  over its devices and the rule replicated; ``init`` and ``run`` are compiled
+  with those shardings.
+  """
   rule = LPGRule(config.rule)
   setups = [env_setup(name, rule, config) for name in config.envs]
   problems = tuple(MetaProblem(env, rule, agent, opt, config.meta) for env, agent, opt, _ in setups)
@@ -167,8 +173,10 @@ def make_meta_train(config: TrainConfig) -> MetaTrain:
 
     if n_chunks == 1:
       return chunk_grad(rule_params, lives, keys)
-    split = lambda x: x.reshape((n_chunks, chunk) + x.shape[1:])
-    merge = lambda x: x.reshape((pe,) + x.shape[2:])
+    # Chunk c holds agents c, c + n_chunks, ...: the within-chunk axis keeps the
+    # population's device sharding and the scan runs over the unsharded one.
+    split = lambda x: jnp.swapaxes(x.reshape((chunk, n_chunks) + x.shape[1:]), 0, 1)
+    merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((pe,) + x.shape[2:])
 
     def body(acc, xs):
       lives_c, keys_c = xs
@@ -272,9 +280,19 @@ def make_meta_train(config: TrainConfig) -> MetaTrain:
         entropy=jnp.stack(ent), pi_hat_sq=jnp.stack(pisq))
     return new_state, metrics
 
-  @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-  def run(state: TrainState, n: int):
+  def run_fn(state: TrainState, n: int):
     return jax.lax.scan(step, state, None, length=n)
 
-  return MetaTrain(init=init, run=run, problems=problems, arm_table=arm_table,
-                   references=references)
+  if mesh is None:
+    run = jax.jit(run_fn, static_argnums=1, donate_argnums=0)
+    init_fn, shardings = init, None
+  else:
+    from meta_train import distributed
+    distributed.check_population(config.agents_per_env, config.agent_chunk, mesh.size)
+    shardings = distributed.state_shardings(jax.eval_shape(init, config.seed), mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    run = jax.jit(run_fn, static_argnums=1, donate_argnums=0, in_shardings=(shardings,),
+                  out_shardings=(shardings, replicated))
+    init_fn = jax.jit(init, static_argnums=0, out_shardings=shardings)
+  return MetaTrain(init=init_fn, run=run, shardings=shardings, problems=problems,
+                   arm_table=arm_table, references=references)
