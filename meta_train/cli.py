@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-updates", type=int, default=None, help="meta-updates to run in total")
   p.add_argument("--agents-per-env", type=int, default=None, help="lifetimes per training env")
   p.add_argument("--seed", type=int, default=None)
+  p.add_argument("--meta-lr", type=float, default=None, help="Adam step size of the rule")
   p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
   p.add_argument("--resume", action="store_true", help="continue the run in --out")
   p.add_argument("--checkpoint-every", type=int, default=None, help="meta-updates per checkpoint")
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="meta-updates scanned in one compiled call")
   p.add_argument("--agent-chunk", type=int, default=None,
                  help="lifetimes per sequential gradient chunk (memory ~ chunk; 0 = all)")
+  p.add_argument("--time-limit", type=float, default=None,
+                 help="stop cleanly (checkpoint + rule) after this many seconds; resume later")
+  p.add_argument("--init-rule", default=None,
+                 help="start the rule from this artifact (its config must match the preset's)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--coordinator", default=None,
                  help="HOST:PORT of process 0, to join a multi-host run (jax.distributed)")
@@ -94,7 +99,7 @@ def make_config(args):
                       ("log_every", "log_every"), ("updates_per_call", "updates_per_call"),
                       ("fault_injection_step", "fault_injection_step"),
                       ("max_consecutive_skips", "max_consecutive_skips"),
-                      ("agent_chunk", "agent_chunk")):
+                      ("agent_chunk", "agent_chunk"), ("meta_lr", "meta_lr")):
     value = getattr(args, flag)
     if value is not None:
       overrides[field] = value
@@ -222,6 +227,16 @@ def _train(args, argv, out, config) -> int:
   else:
     state = mt.init(config.seed)
     wall_offset = 0.0
+    if args.init_rule:
+      from lpg.artifact import load_rule
+      loaded = load_rule(args.init_rule)
+      if loaded.config != config.rule:
+        raise UserError(f"--init-rule {args.init_rule} has rule config {loaded.config}, this run "
+                        f"needs {config.rule}; choose a matching preset")
+      params = jax.tree_util.tree_map(jax.numpy.asarray, loaded.params)
+      if mt.shardings is not None:
+        params = distributed.from_host(loaded.params, mt.shardings.rule_params)
+      state = state._replace(rule_params=params)
   step = _scalar(state.step)
   start_step = step
   logger = MetricsLogger(os.path.join(out, "metrics.jsonl"), config, mt, resume=args.resume,
@@ -246,6 +261,7 @@ def _train(args, argv, out, config) -> int:
              disable=args.no_progress or not main_process or None, dynamic_ncols=True, file=sys.stderr)
   t0 = time.time()
   consecutive_skips = 0
+  timed_out = False
   last_ckpt = step
   try:
     while step < config.num_updates:
@@ -256,6 +272,8 @@ def _train(args, argv, out, config) -> int:
       state = new_state
       step = _scalar(state.step)
       dt = time.time() - tic
+      if step - n == start_step:
+        print(f"{PROG}: first call (compile + {n} meta-update(s)) took {dt:.1f} s", file=sys.stderr)
       skipped = np.asarray(metrics.skipped, bool)
       for s in skipped:
         consecutive_skips = consecutive_skips + 1 if s else 0
@@ -275,6 +293,9 @@ def _train(args, argv, out, config) -> int:
         last_ckpt = step
       if stopper.signal is not None:
         break
+      if args.time_limit is not None and time.time() - t0 >= args.time_limit:
+        timed_out = True
+        break
     logger.flush(step, wall_offset + time.time() - t0)
     export(state, wall_offset + time.time() - t0)
   finally:
@@ -287,6 +308,9 @@ def _train(args, argv, out, config) -> int:
     print(f"{PROG}: interrupted at meta-update {step}/{config.num_updates}; checkpoint saved, "
           f"continue with: {PROG} --out {shlex.quote(out)} --resume", file=sys.stderr)
     return 128 + stopper.signal
+  if timed_out and step < config.num_updates:
+    print(f"{PROG}: time limit reached at meta-update {step}/{config.num_updates}; checkpoint "
+          f"saved, continue with: {PROG} --out {shlex.quote(out)} --resume", file=sys.stderr)
   rate = done * config.agent_steps_per_update / max(wall, 1e-9)
   print(f"{PROG}: {step} meta-updates ({done} this session, {wall:.0f} s, "
         f"{rate:,.0f} agent-steps/s, {_scalar(state.skipped)} skipped); rule: "

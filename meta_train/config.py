@@ -19,7 +19,7 @@ from lpg.rule import LPGConfig
 # [ported: {20, 40, 80, 160, 320}]; network agents use Adam [chosen: around
 # the ported 5e-4 .. 1e-3].
 TABULAR_LRS = (20.0, 40.0, 80.0, 160.0, 320.0)
-NETWORK_LRS = (3e-4, 1e-3, 3e-3)
+NETWORK_LRS = (2e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 ALPHA_YS = (0.1, 0.5, 1.0)  # [ported]
 
 
