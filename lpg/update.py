@@ -30,10 +30,15 @@ class OptimizerConfig:
     name: ``sgd`` (tabular agents [ported]) or ``adam`` (networks [ported]).
     max_grad_norm: global-norm clipping [ported: 0.5]; ``0`` disables it.
     adam_eps: Adam's epsilon [chosen: 1e-5, robust in float32 meta-gradients].
+    adam_eps_root: added inside Adam's square root [chosen: 1e-12].  Without it
+      the meta-gradient through Adam is NaN wherever a gradient entry is exactly
+      zero (d sqrt(v)/dv is infinite at v = 0), e.g. weights of image pixels
+      that are always empty.
   """
   name: str = "sgd"
   max_grad_norm: float = 0.5
   adam_eps: float = 1e-5
+  adam_eps_root: float = 1e-12
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -51,7 +56,7 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   parts = []
   if config.max_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
-  parts.append(optax.scale_by_adam(eps=config.adam_eps) if config.name == "adam" else optax.identity())
+  parts.append(optax.scale_by_adam(eps=config.adam_eps, eps_root=config.adam_eps_root) if config.name == "adam" else optax.identity())
   return optax.chain(*parts)
 
 

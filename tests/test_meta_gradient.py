@@ -72,3 +72,20 @@ def test_meta_gradient_reaches_every_rule_parameter():
     assert float(jnp.abs(g).max()) > 0.0, f"zero meta-gradient at {jax.tree_util.keystr(path)}"
   np.testing.assert_array_equal(new_lives.age, 2)
   assert metrics.meta_loss.shape == (4,)
+
+
+def test_meta_gradient_is_finite_through_adam_with_zero_gradient_entries():
+  """Image pixels that are always empty give exactly-zero agent gradients; the
+  meta-gradient through Adam must stay finite there (Adam's eps_root)."""
+  import envs
+  env = envs.make("random/small")
+  rule = LPGRule(LPGConfig(hidden=8, y_dim=4, phi_hidden=4))
+  problem = MetaProblem(env, rule, AgentConfig("mlp", hidden=(16,)), OptimizerConfig("adam"),
+                        MetaConfig(num_inner=2, rollout_len=4, num_envs=4))
+  lives = jax.vmap(problem.init_lifetime, in_axes=(0, None))(
+      jax.random.split(jax.random.PRNGKey(0), 2), make_hypers(1e-3))
+  loss, grads, _, _ = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k))(
+      rule.init(jax.random.PRNGKey(1)), lives, jax.random.split(jax.random.PRNGKey(2), 2))
+  flat, _ = jax.flatten_util.ravel_pytree(grads)
+  assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(flat)))
+  assert float(jnp.abs(flat).max()) > 0
