@@ -2,7 +2,7 @@
 
 ::
 
-  lpg-apply --rule artifact.pkl --env Breakout [--algo lpg|a2c|random] [--steps N]
+  lpg-apply --rule artifact.pkl --env Breakout [--algo lpg|a2c|random|mgrl] [--steps N]
             [--seeds S] [--out DIR] [--agent tabular|mlp|conv] [--overwrite]
 
 Writes ``DIR/summary.json``, ``DIR/curves.csv`` (step, seed, episode_return,
@@ -10,7 +10,10 @@ episodes) and ``DIR/curve.png``.  ``--env`` is a registered name
 (``envs.list_envs()``, compiled end to end), ``atari/<Game>`` (ale-py, host
 loop) or ``package.module:factory`` returning a ``dm_env.Environment`` with
 discrete actions (host loop: much slower).  Defaults depend on the observation
-kind (``DEFAULTS``).  User errors exit with status 2 and one line on stderr.
+kind (``DEFAULTS``).  ``--algo mgrl`` (meta-gradient RL, ``meta_test.mgrl``;
+registered envs only) adds ``meta_params`` (final gamma and lambda per seed)
+to the summary and ``gamma``, ``lambda`` columns to the curves.  User errors
+exit with status 2 and one line on stderr.
 """
 from __future__ import annotations
 
@@ -36,9 +39,12 @@ from lpg.rule import LPGConfig, make_hypers  # noqa: E402
 from lpg.update import OptimizerConfig  # noqa: E402
 from meta_test.baselines import A2CConfig, A2CRule, RandomRule  # noqa: E402
 from meta_test.host import MissingExtraError  # noqa: E402
+from meta_test.mgrl import MGRLConfig, MGRLRule, make_mgrl_train_fns  # noqa: E402
 from meta_test.train import RunResult, make_train_fns, run_seeds  # noqa: E402
 
-ALGOS = ("lpg", "a2c", "random")
+ALGOS = ("lpg", "a2c", "random", "mgrl")
+# Compiled-run builders that differ from ``make_train_fns`` (same arguments).
+TRAIN_FNS = {"mgrl": make_mgrl_train_fns}
 FINAL_FRACTION = 0.1
 MAX_CURVE_POINTS = 100
 
@@ -164,6 +170,9 @@ def make_rule(algo: str, rule_path: str | None, loaded=None) -> RuleChoice:
   if algo == "a2c":
     rule = A2CRule(A2CConfig())
     return RuleChoice("a2c", rule, {}, config=dataclasses.asdict(rule.config), **info)
+  if algo == "mgrl":
+    rule = MGRLRule(MGRLConfig(gamma=GAMMA))
+    return RuleChoice("mgrl", rule, {}, config=dataclasses.asdict(rule.config), **info)
   return RuleChoice("random", RandomRule(), {}, config={}, **info)
 
 
@@ -216,6 +225,8 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   check_out_dir(out, overwrite)
   rule = make_rule(algo, rule_path, loaded_rule)
   source = resolve_env(env)
+  if rule.algo in TRAIN_FNS and source.host:
+    raise UsageError(f"--algo {rule.algo} needs a registered (compiled) environment, got {env!r}")
   d = DEFAULTS[source.obs_spec.kind]
   kind = agent or d.agent
   agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden)
@@ -249,9 +260,10 @@ def train_plan(plan: Plan, progress: bool = True) -> RunResult:
           seeds=[plan.seed + i for i in range(plan.seeds)],
           progress=bar.update if bar else None)
     chunk = max(1, math.ceil(plan.num_updates / 20))
-    fns = make_train_fns(plan.source.env, plan.rule.rule, plan.rule.params, plan.agent,
-                         plan.optimizer, hypers, plan.num_envs, plan.rollout_len,
-                         plan.num_updates, chunk=chunk)
+    make_fns = TRAIN_FNS.get(plan.rule.algo, make_train_fns)
+    fns = make_fns(plan.source.env, plan.rule.rule, plan.rule.params, plan.agent,
+                   plan.optimizer, hypers, plan.num_envs, plan.rollout_len,
+                   plan.num_updates, chunk=chunk)
     keys = jax.random.split(jax.random.PRNGKey(plan.seed), plan.seeds)
     return run_seeds(fns, keys, progress=bar.update if bar else None)
   finally:
@@ -287,7 +299,8 @@ def curve_frame(result: RunResult, max_points: int = MAX_CURVE_POINTS):
 
   Updates are grouped into at most ``max_points`` bins; ``episode_return`` is
   the mean return of the episodes finished in a bin (NaN if none), ``step``
-  the environment steps per seed at the bin's end.
+  the environment steps per seed at the bin's end.  Runs with meta-parameters
+  (mgrl) add ``gamma`` and ``lambda``, their values at the bin's last update.
   """
   import pandas as pd
   m = result.metrics
@@ -301,7 +314,22 @@ def curve_frame(result: RunResult, max_points: int = MAX_CURVE_POINTS):
       rows.append((int(b) * result.steps_per_update, seed,
                    float(ret[seed] / cnt[seed]) if cnt[seed] > 0 else float("nan"),
                    int(cnt[seed])))
-  return pd.DataFrame(rows, columns=["step", "seed", "episode_return", "episodes"])
+  df = pd.DataFrame(rows, columns=["step", "seed", "episode_return", "episodes"])
+  for col, field in META_COLUMNS.items():
+    if hasattr(m, field):
+      df[col] = [float(getattr(m, field)[seed, b - 1]) for b in edges[1:] for seed in range(s)]
+  return df
+
+
+META_COLUMNS = {"gamma": "gamma", "lambda": "lambda_"}  # curves.csv column -> metrics field
+
+
+def meta_params(result: RunResult) -> dict | None:
+  """Final meta-parameters per seed, ``{"gamma": [S], "lambda": [S]}`` (mgrl), else None."""
+  m = result.metrics
+  if not all(hasattr(m, f) for f in META_COLUMNS.values()):
+    return None
+  return {col: [float(x) for x in getattr(m, f)[:, -1]] for col, f in META_COLUMNS.items()}
 
 
 def plot_curve(df, path: str, title: str) -> None:
@@ -347,6 +375,8 @@ def _json_float(x) -> float | None:
 def summarise(plan: Plan, result: RunResult, wall_time_s: float) -> dict:
   """The ``summary.json`` contract."""
   per_seed, window = final_returns(result)
+  learned = meta_params(result)
+  extra = {} if learned is None else {"meta_params": learned}
   mean = float(np.nanmean(per_seed)) if np.any(np.isfinite(per_seed)) else float("nan")
   std = float(np.nanstd(per_seed)) if np.any(np.isfinite(per_seed)) else float("nan")
   return {
@@ -374,6 +404,7 @@ def summarise(plan: Plan, result: RunResult, wall_time_s: float) -> dict:
           "num_updates": plan.num_updates, "seed": plan.seed},
       "obs_kind": plan.source.obs_spec.kind,
       "versions": {"jax": jax.__version__},
+      **extra,
   }
 
 
@@ -406,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--env", required=True,
                  help="registered name (see envs.list_envs()), atari/<Game>, or "
                       "package.module:factory returning a dm_env.Environment")
-  p.add_argument("--algo", default="lpg", help="lpg (default), a2c or random")
+  p.add_argument("--algo", default="lpg", help="lpg (default), a2c, random or mgrl")
   p.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed (default 1e6)")
   p.add_argument("--seeds", type=int, default=3, help="independent agents (default 3)")
   p.add_argument("--out", default=None, help="output directory (default runs/<env>-<algo>)")

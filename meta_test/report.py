@@ -2,7 +2,7 @@
 
 ::
 
-  lpg-report --rule R --suite train|minatar|<comma list> --algos lpg,a2c[,random]
+  lpg-report --rule R --suite train|minatar|<comma list> --algos lpg,a2c[,random][,mgrl]
              --steps N --seeds S --out DIR [--resume] [--overwrite]
 
 Runs every (env, algo) with ``meta_test.apply`` into ``DIR/runs/<env>/<algo>/``
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--suite", default="train",
                  help="train (15 meta-training envs), minatar, another envs.SUITES name, "
                       "or a comma-separated list of env names")
-  p.add_argument("--algos", default="lpg,a2c", help="comma list of lpg, a2c, random")
+  p.add_argument("--algos", default="lpg,a2c", help="comma list of lpg, a2c, random, mgrl")
   p.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed per run")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--out", required=True, help="report directory")

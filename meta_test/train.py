@@ -223,7 +223,8 @@ def run_seeds(fns: TrainFns, keys: jax.Array, progress: Callable[[int], None] | 
     outs.append(m)
     if progress is not None:
       progress(counts[-1])
-  metrics = UpdateMetrics(*[np.concatenate(parts, axis=1)[:, :fns.num_updates]
+  # The metrics' own NamedTuple (``UpdateMetrics`` or an extension of it, e.g. mgrl's).
+  metrics = type(outs[0])(*[np.concatenate(parts, axis=1)[:, :fns.num_updates]
                             for parts in zip(*outs)])
   return RunResult(metrics=metrics, state=state, chunk_s=tuple(durations),
                    chunk_updates=tuple(counts), run_s=time.perf_counter() - t0,

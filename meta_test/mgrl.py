@@ -1,0 +1,504 @@
+"""Meta-gradient RL (Xu, van Hasselt and Silver 2018; LPG_SPEC section 7): an A2C
+agent that learns the discount ``gamma`` and the ``lambda`` of its return online.
+
+Meta-parameters ``eta = (gamma, lambda)``, each ``sigmoid`` of an unconstrained
+logit (so both stay in (0, 1)).  One iteration (online cross-validation):
+
+1. ``theta' = inner_update(theta, tau; eta)``: an A2C step on trajectory ``tau``
+   whose advantages and value targets are ``lambda``-returns with discount
+   ``gamma`` from the agent's own value head (GAE), through the real optax
+   optimiser (``lpg.update.inner_update`` with ``MGRLRule``, whose rule
+   parameters *are* the logits, so the targets are differentiable in eta).
+2. ``tau'`` is collected with ``theta'``.
+3. Score ``theta'`` on ``tau'`` with a *fixed reference* return (``gamma' =
+   0.995``, ``lambda' = 1`` by default): ``J = -mean(A' log pi'(a|s)) +
+   meta_value_coef * mean((v' - G')^2)`` (``reference_loss``).
+4. ``d J / d eta`` by autodiff through step 1 (the optimiser state update
+   included), and an Adam step on the logits.
+5. ``tau'`` is the next iteration's ``tau``: no samples are spent on the meta step.
+
+In the compiled loop (``make_mgrl_train_fns``) an iteration is laid out like
+A2C's (``meta_test.train``): collect a rollout with the current ``theta``, then
+update ``theta`` on it.  The meta step sits between the two: it scores the
+current ``theta`` (produced by the previous iteration's update) on the rollout
+just collected, differentiating through the previous update, recomputed from
+its stored inputs (``theta``, optimiser state and rollout of the previous
+iteration).  So an mgrl run spends exactly the environment steps, PRNG keys and
+agent updates of an A2C run, and with ``meta_lr = 0`` it *is* that A2C run.
+
+``eta_input``: the agent also sees ``(gamma, lambda)`` as inputs (Xu et al.
+section 1.4).  MLP / conv agents concatenate them to the flattened features
+before the torso MLP; tabular agents add a zero-initialised linear function of
+``(gamma, lambda)`` to every table row lookup (policy and value).  The input
+path is a stop-gradient (conditioning only): the meta-gradient flows through
+the return targets of the update, as in the paper's derivation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from envs.base import Environment, ObsSpec
+from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
+from lpg.returns import batched_gae, batched_lambda_returns
+from lpg.rollout import EnvCarry, reset_envs, unroll
+from lpg.rule import InnerHypers, UpdateRule
+from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
+from lpg.update import OptimizerConfig, inner_update, make_optimizer
+from meta_test.baselines import A2CConfig, A2CRule, log_prob_of
+from meta_test.train import TrainFns
+
+sg = jax.lax.stop_gradient
+_A2C = A2CConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class MGRLConfig:
+  """Meta-gradient RL (Xu et al. 2018) on top of A2C.
+
+  Attributes:
+    gamma: initial discount [chosen: 0.99, ``lpg-apply``'s A2C gamma, so mgrl
+      starts where the A2C baseline stays].
+    lambda_: initial lambda of the GAE / lambda-return [chosen: 0.95,
+      ``A2CConfig.gae_lambda``].
+    meta_lr: Adam step size on the two logits [chosen: 1e-2; Xu et al. do not
+      give one for this setting; ``0`` freezes eta, i.e. plain A2C].
+    ref_gamma: gamma' of the fixed reference return of the meta-objective
+      [paper/LPG_SPEC section 7: 0.995].
+    ref_lambda: lambda' of the reference return [paper: 1.0].
+    value_coef: inner value-loss weight [``A2CConfig.value_coef``: 0.5].
+    entropy_coef: inner entropy-bonus weight [``A2CConfig.entropy_coef``: 0.01].
+    meta_value_coef: weight of the value loss in the meta-objective [chosen:
+      0.5, the inner weight]; no entropy term there (Xu et al.).
+    meta_adam_eps: epsilon of the meta Adam [optax default 1e-8].
+    adam_eps_root: ``eps_root`` of the *inner* Adam (network agents) [chosen:
+      1e-12].  With optax's default 0, ``sqrt(nu)`` is not differentiable where
+      ``nu = 0`` (a parameter whose gradient has been exactly zero so far: a dead
+      ReLU, an unvisited table row) and the meta-gradient is NaN; optax suggests
+      ``eps_root > 0`` when differentiating through Adam.  Changes Adam's step
+      only where ``nu`` is below ~1e-10.  Unused with SGD.
+    eta_input: feed ``(gamma, lambda)`` to the agent's networks [paper: on;
+      here off by default so ``meta_lr = 0`` is exactly the A2C baseline].
+  """
+  gamma: float = 0.99
+  lambda_: float = _A2C.gae_lambda
+  meta_lr: float = 1e-2
+  ref_gamma: float = 0.995
+  ref_lambda: float = 1.0
+  value_coef: float = _A2C.value_coef
+  entropy_coef: float = _A2C.entropy_coef
+  meta_value_coef: float = _A2C.value_coef
+  meta_adam_eps: float = 1e-8
+  adam_eps_root: float = 1e-12
+  eta_input: bool = False
+
+  def __post_init__(self):
+    for f in ("gamma", "lambda_"):
+      if not 0.0 < getattr(self, f) < 1.0:
+        raise ValueError(f"MGRLConfig.{f} must lie in (0, 1) (it is a sigmoid), "
+                         f"got {getattr(self, f)}")
+    for f in ("ref_gamma", "ref_lambda"):
+      if not 0.0 <= getattr(self, f) <= 1.0:
+        raise ValueError(f"MGRLConfig.{f} must lie in [0, 1], got {getattr(self, f)}")
+    for f in ("meta_lr", "value_coef", "entropy_coef", "meta_value_coef"):
+      if getattr(self, f) < 0:
+        raise ValueError(f"MGRLConfig.{f} must be >= 0, got {getattr(self, f)}")
+
+  @property
+  def a2c(self) -> A2CConfig:
+    """The A2C loss this agent minimises (its ``gae_lambda`` is the initial lambda)."""
+    return A2CConfig(gae_lambda=self.lambda_, value_coef=self.value_coef,
+                     entropy_coef=self.entropy_coef)
+
+
+# ---------------------------------------------------------------- meta-parameters
+class Eta(NamedTuple):
+  """Unconstrained meta-parameters (scalars; ``[S]`` when vmapped over seeds)."""
+  gamma_logit: jax.Array
+  lambda_logit: jax.Array
+
+  @property
+  def gamma(self) -> jax.Array:
+    return jax.nn.sigmoid(self.gamma_logit)
+
+  @property
+  def lambda_(self) -> jax.Array:
+    return jax.nn.sigmoid(self.lambda_logit)
+
+  def values(self) -> jax.Array:
+    """``[..., 2]``: ``(gamma, lambda)``."""
+    return jnp.stack([self.gamma, self.lambda_], axis=-1)
+
+
+def logit_for(p: float, dtype=jnp.float32) -> jax.Array:
+  """The ``dtype`` logit ``x`` whose ``sigmoid(x)`` is closest to ``dtype(p)``.
+
+  ``log(p / (1 - p))`` rounded to float32 may miss by an ulp (0.99 does); a
+  few neighbouring floats are tried so that the initial ``gamma`` / ``lambda``
+  equal the A2C constants exactly where possible.
+  """
+  target = np.asarray(p, dtype)
+  x = np.asarray(math.log(p / (1.0 - p)), dtype)
+  best, best_err = x, None
+  for _ in range(64):
+    err = float(abs(np.asarray(jax.nn.sigmoid(jnp.asarray(x)), np.float64) - float(target)))
+    if best_err is None or err < best_err:
+      best, best_err = x, err
+    if err == 0.0:
+      break
+    up = float(np.asarray(jax.nn.sigmoid(jnp.asarray(x)))) < float(target)
+    x = np.nextafter(x, np.asarray(np.inf if up else -np.inf, dtype))
+  return jnp.asarray(best, dtype)
+
+
+def init_eta(config: MGRLConfig, dtype=jnp.float32) -> Eta:
+  return Eta(logit_for(config.gamma, dtype), logit_for(config.lambda_, dtype))
+
+
+# ---------------------------------------------------------------------- the rule
+class MGRLRule(UpdateRule):
+  """A2C whose return uses the meta-parameters passed as the rule's parameters.
+
+  ``targets(eta, ...)``: ``v = sg(agent_out.heads["v"])`` ``[T+1, B]``;
+  discounts ``sigmoid(eta.gamma_logit) * rollout.bootstrap_mask`` ``[T, B]``;
+  ``pi_hat = GAE(sigmoid(eta.lambda_logit))`` ``[T, B]``; ``extras["returns"] =
+  pi_hat + v[:-1]``.  Unlike ``A2CRule`` the targets are not stop-gradiented,
+  so a derivative w.r.t. ``eta`` passes through them (``inner_update`` already
+  treats targets as constants of the agent's own gradient).  ``hypers.gamma``
+  is ignored.  The loss is ``A2CRule``'s.
+  """
+
+  name = "mgrl"
+
+  def __init__(self, config: MGRLConfig = MGRLConfig()):
+    self.config = config
+    self._a2c = A2CRule(config.a2c)
+
+  def head_sizes(self) -> dict[str, int]:
+    return {"v": 0}
+
+  def init(self, key: jax.Array) -> Eta:
+    del key
+    return init_eta(self.config)
+
+  def targets(self, params: Eta, rollout: Rollout, agent_out: AgentOutputs,
+              hypers: InnerHypers) -> RuleOutputs:
+    del hypers
+    v = sg(agent_out.heads["v"])                                        # [T+1, B]
+    discount = params.gamma * rollout.bootstrap_mask                     # [T, B]
+    adv = batched_gae(rollout.rewards, discount, v, params.lambda_)      # [T, B]
+    return RuleOutputs(pi_hat=adv, y_hat=None, extras={"returns": adv + v[:-1]})
+
+  def agent_loss(self, agent_out, targets, rollout, hypers):
+    return self._a2c.agent_loss(agent_out, targets, rollout, hypers)
+
+
+def reference_loss(agent_out: AgentOutputs, rollout: Rollout, ref_gamma: float,
+                   ref_lambda: float, value_coef: float,
+                   target_out: AgentOutputs | None = None) -> tuple[jax.Array, dict]:
+  """The meta-objective: A2C loss under the fixed reference return (to minimise).
+
+  Args:
+    agent_out: outputs of the updated agent on ``rollout.obs`` ``[T+1, B]``.
+    rollout: ``tau'``, collected by the updated agent.
+    ref_gamma, ref_lambda: ``gamma'``, ``lambda'`` of the reference return ``G'``.
+    value_coef: weight of ``(v - G')^2``.
+    target_out: outputs the targets ``G'`` and ``A'`` are computed from
+      (default ``agent_out``).  Always a stop-gradient: the meta-gradient is the
+      semi-gradient of Xu et al., ``dJ/d theta'`` with the targets held fixed.
+  Returns:
+    ``-mean(sg(G' - v) log pi(a|s)) + value_coef * mean((v - sg(G'))^2)`` and
+    its parts; ``G'`` bootstraps from ``sg(v)``.
+  """
+  v = agent_out.heads["v"]                                             # [T+1, B]
+  v_target = sg((agent_out if target_out is None else target_out).heads["v"])
+  discount = ref_gamma * rollout.bootstrap_mask
+  g = sg(batched_lambda_returns(rollout.rewards, discount.astype(rollout.rewards.dtype),
+                                v_target, ref_lambda))                  # [T, B]
+  adv = g - v_target[:-1]
+  pg = jnp.mean(adv * log_prob_of(agent_out.logits[:-1], rollout.actions))
+  v_loss = jnp.mean(jnp.square(v[:-1] - g))
+  return -pg + value_coef * v_loss, {"pg": pg, "value_loss": v_loss}
+
+
+# ---------------------------------------------------------------------- networks
+class EtaNetwork(NamedTuple):
+  """``init(key) -> params``; ``apply(params, obs[..., *obs_shape], eta[2]) ->
+  AgentOutputs``; ``bind(eta)`` gives the ``AgentNetwork`` at fixed ``eta``
+  (a stop-gradient input)."""
+  init: Callable
+  apply: Callable
+
+  def bind(self, eta_values: jax.Array) -> AgentNetwork:
+    return AgentNetwork(init=self.init, apply=lambda p, o: self.apply(p, o, sg(eta_values)))
+
+
+def make_mgrl_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
+                      head_sizes: dict[str, int], eta_input: bool) -> EtaNetwork:
+  """The agent of ``lpg.networks``, optionally conditioned on ``(gamma, lambda)``.
+
+  Without ``eta_input`` it is ``make_agent_network`` unchanged (eta ignored).
+  With it: tabular agents add ``eta @ W`` (``W`` ``[2, width]``, zero init,
+  one per table) to each looked-up row; MLP / conv agents concatenate ``eta``
+  ``[.., 2]`` to the flattened features before the torso MLP.
+  """
+  if not eta_input:
+    base = make_agent_network(config, obs_spec, num_actions, head_sizes)
+    return EtaNetwork(init=base.init, apply=lambda p, o, e: base.apply(p, o))
+  make_agent_network(config, obs_spec, num_actions, head_sizes)  # same argument checks
+  n_obs_dims = len(obs_spec.shape)
+  names = sorted(head_sizes)
+
+  def forward(obs, eta):
+    lead = obs.shape[:obs.ndim - n_obs_dims]
+    eta = eta.astype(jnp.float32) if eta.dtype != jnp.float64 else eta
+    if config.kind == "tabular":
+      n = obs_spec.num_values
+      idx = obs.astype(jnp.int32)
+      e = jnp.broadcast_to(eta, lead + (2,))
+
+      def table(name, width):
+        rows = hk.get_parameter(name, [n, width], init=jnp.zeros)[idx]
+        w = hk.get_parameter(name + "_eta", [2, width], init=jnp.zeros)
+        return rows + e @ w
+      heads = {}
+      for name in names:
+        width = head_sizes[name]
+        out = table(name, max(width, 1))
+        heads[name] = out if width else out[..., 0]
+      return AgentOutputs(logits=table("pi", num_actions), heads=heads)
+    x = obs
+    if obs_spec.kind == "index":
+      x = jax.nn.one_hot(x, obs_spec.num_values)
+    x = x.astype(jnp.float32).reshape((-1,) + tuple(obs_spec.shape))
+    if config.kind == "conv":
+      for ch in config.conv_channels:
+        x = jax.nn.relu(hk.Conv2D(ch, 3, stride=1, padding="SAME")(x))
+    x = x.reshape(x.shape[0], -1)
+    x = jnp.concatenate([x, jnp.broadcast_to(eta.astype(x.dtype), (x.shape[0], 2))], axis=-1)
+    x = hk.nets.MLP(config.hidden, activate_final=True, name="torso")(x)
+    logits = hk.Linear(num_actions, w_init=jnp.zeros, name="pi")(x)
+    heads = {}
+    for name in names:
+      width = head_sizes[name]
+      out = hk.Linear(max(width, 1), w_init=jnp.zeros, name=name)(x)
+      heads[name] = out if width else out[..., 0]
+    reshape = lambda a: a.reshape(lead + a.shape[1:])
+    return AgentOutputs(logits=reshape(logits), heads={k: reshape(v) for k, v in heads.items()})
+
+  net = hk.without_apply_rng(hk.transform(forward))
+  dummy = jnp.zeros(obs_spec.shape, obs_spec.dtype)
+  return EtaNetwork(init=lambda key: net.init(key, dummy, jnp.zeros((2,), jnp.float32)),
+                    apply=net.apply)
+
+
+# -------------------------------------------------------------- the meta-gradient
+class MetaProblem(NamedTuple):
+  """Static pieces of one meta step (hashable callables and configs)."""
+  rule: MGRLRule
+  net: EtaNetwork
+  optimizer: optax.GradientTransformation
+
+
+def meta_loss(problem: MetaProblem, eta: Eta, agent_params: PyTree, opt_state: PyTree,
+              rollout: Rollout, next_rollout: Rollout, hypers: InnerHypers,
+              net_eta: jax.Array | None = None, target_params: PyTree | None = None
+              ) -> tuple[jax.Array, dict]:
+  """``J(eta)``: update ``agent_params`` on ``rollout`` under ``eta``, score on ``next_rollout``.
+
+  Args:
+    problem: rule, network and inner optimiser.
+    eta: the logits (differentiate w.r.t. these).
+    agent_params, opt_state: ``theta`` and its optimiser state before the update.
+    rollout: ``tau`` ``[T(+1), B]``, the update's data.
+    next_rollout: ``tau'`` ``[T(+1), B]``, collected by the updated agent.
+    hypers: inner step size (``hypers.gamma`` unused).
+    net_eta: ``[2]`` the ``(gamma, lambda)`` the network is conditioned on
+      (``eta_input`` only; default ``eta``'s values).  Stop-gradient.
+    target_params: agent parameters the reference targets come from (default:
+      the updated ones, stop-gradient).  Fixing them to the updated parameters
+      at some ``eta0`` makes the loss a plain function of ``eta`` whose
+      derivative at ``eta0`` is the meta-gradient (for finite differences).
+  Returns:
+    The scalar reference loss of the updated agent and its parts.
+  """
+  cfg = problem.rule.config
+  net = problem.net.bind(eta.values() if net_eta is None else net_eta)
+  res = inner_update(problem.rule, eta, net, problem.optimizer, agent_params, opt_state,
+                     rollout, hypers)
+  target_out = None if target_params is None else net.apply(target_params, next_rollout.obs)
+  return reference_loss(net.apply(res.params, next_rollout.obs), next_rollout, cfg.ref_gamma,
+                        cfg.ref_lambda, cfg.meta_value_coef, target_out)
+
+
+def finite_or_zero(grads: PyTree) -> PyTree:
+  """``grads``, or zeros if any entry is not finite.
+
+  ``optax.clip_by_global_norm`` has a NaN derivative where the agent's gradient
+  is exactly zero (``where`` over ``g / |g|``); that happens early on sparse
+  tasks (no reward and a uniform policy yet).  Such a meta step is skipped.
+  """
+  ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+  return jax.tree_util.tree_map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+
+
+# -------------------------------------------------------------------- training
+class MGRLState(NamedTuple):
+  """What one seed carries between iterations (leading ``[S]`` dim when vmapped).
+
+  ``prev_*`` are the inputs of the previous iteration's agent update (the one
+  the next meta step differentiates through).
+  """
+  agent_params: PyTree
+  opt_state: PyTree
+  eta: Eta
+  meta_opt_state: PyTree
+  prev_params: PyTree
+  prev_opt_state: PyTree
+  prev_rollout: Rollout
+  prev_eta_values: jax.Array
+  env_params: PyTree
+  env: EnvCarry
+  key: jax.Array
+
+
+class MGRLMetrics(NamedTuple):
+  """Per-iteration metrics; ``[U]`` per seed (``[S, U]`` vmapped).
+
+  The first five are ``meta_test.train.UpdateMetrics``'s; then ``gamma`` and
+  ``lambda_`` used by the iteration's agent update (after its meta step) and
+  ``meta_loss``, the reference loss scored by the meta step (0 at iteration 0,
+  which has no previous update to score).
+  """
+  return_sum: jax.Array
+  episodes: jax.Array
+  reward_sum: jax.Array
+  loss: jax.Array
+  entropy: jax.Array
+  gamma: jax.Array
+  lambda_: jax.Array
+  meta_loss: jax.Array
+
+
+def _entropy(logits):
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def make_inner_optimizer(config: OptimizerConfig, mgrl: MGRLConfig
+                         ) -> optax.GradientTransformation:
+  """``lpg.update.make_optimizer`` (unit step size), Adam with ``mgrl.adam_eps_root``."""
+  if config.name != "adam" or mgrl.adam_eps_root == 0:
+    return make_optimizer(config)
+  parts = []
+  if config.max_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+  parts.append(optax.scale_by_adam(eps=config.adam_eps, eps_root=mgrl.adam_eps_root))
+  return optax.chain(*parts)
+
+
+def make_meta_optimizer(config: MGRLConfig) -> optax.GradientTransformation:
+  return optax.adam(config.meta_lr, eps=config.meta_adam_eps)
+
+
+def make_mgrl_train_fns(env: Environment, rule: MGRLRule, rule_params: PyTree,
+                        agent_config: AgentConfig, optimizer_config: OptimizerConfig,
+                        hypers: InnerHypers, num_envs: int, rollout_len: int, num_updates: int,
+                        chunk: int | None = None, env_params: PyTree | None = None) -> TrainFns:
+  """``meta_test.train.make_train_fns`` for meta-gradient RL (same arguments).
+
+  ``rule`` is an ``MGRLRule`` (its config holds every mgrl setting);
+  ``rule_params`` is ignored (the logits start at ``init_eta(rule.config)``).
+  ``run_chunk`` returns ``(MGRLState, MGRLMetrics [chunk])``; works with
+  ``meta_test.train.run_seeds``.
+  """
+  del rule_params
+  for name, value in (("num_envs", num_envs), ("rollout_len", rollout_len),
+                      ("num_updates", num_updates)):
+    if int(value) < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  cfg = rule.config
+  chunk = int(num_updates if chunk is None else min(max(int(chunk), 1), num_updates))
+  eta_net = make_mgrl_network(agent_config, env.obs_spec, env.num_actions, rule.head_sizes(),
+                              cfg.eta_input)
+  optimizer = make_inner_optimizer(optimizer_config, cfg)
+  meta_opt = make_meta_optimizer(cfg)
+  problem = MetaProblem(rule, eta_net, optimizer)
+  eta0 = init_eta(cfg)
+
+  def init(key: jax.Array) -> MGRLState:
+    k_env, k_reset, k_agent, k_run = jax.random.split(key, 4)
+    ep = env.sample_params(k_env) if env_params is None else env_params
+    params = eta_net.init(k_agent)
+    opt_state = optimizer.init(params)
+    carry = reset_envs(env, ep, k_reset, num_envs)
+    # A placeholder previous rollout (never used: iteration 0 skips the meta step).
+    obs = jnp.broadcast_to(carry.obs[None], (rollout_len + 1,) + carry.obs.shape)
+    zeros = jnp.zeros((rollout_len, num_envs))
+    dummy = Rollout(obs=obs, actions=zeros.astype(jnp.int32), rewards=zeros,
+                    terminated=zeros.astype(bool), truncated=zeros.astype(bool))
+    return MGRLState(agent_params=params, opt_state=opt_state, eta=eta0,
+                     meta_opt_state=meta_opt.init(eta0), prev_params=params,
+                     prev_opt_state=opt_state, prev_rollout=dummy,
+                     prev_eta_values=eta0.values(), env_params=ep, env=carry, key=k_run)
+
+  def meta_step(state: MGRLState, rollout: Rollout):
+    def loss_fn(eta):
+      return meta_loss(problem, eta, state.prev_params, state.prev_opt_state,
+                       state.prev_rollout, rollout, hypers, state.prev_eta_values)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.eta)
+    grads = finite_or_zero(grads)
+    updates, meta_opt_state = meta_opt.update(grads, state.meta_opt_state, state.eta)
+    return optax.apply_updates(state.eta, updates), meta_opt_state, loss
+
+  def no_meta_step(state: MGRLState, rollout: Rollout):
+    del rollout
+    return state.eta, state.meta_opt_state, jnp.zeros((), jnp.float32)
+
+  def update(state: MGRLState, i: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
+    key, k_roll = jax.random.split(state.key)
+    params = state.agent_params
+    net_old = eta_net.bind(state.eta.values())
+    rollout, carry, stats = unroll(env, state.env_params, lambda o: net_old.apply(params, o).logits,
+                                   state.env, k_roll, rollout_len)
+    # The predicate is not batched over seeds (``i`` is shared): a real branch under vmap.
+    eta, meta_opt_state, m_loss = jax.lax.cond(i > 0, meta_step, no_meta_step, state, rollout)
+    eta_values = eta.values()
+    net = eta_net.bind(eta_values)
+    res = inner_update(rule, eta, net, optimizer, params, state.opt_state, rollout, hypers)
+    ent = jnp.mean(_entropy(net_old.apply(params, rollout.obs[:-1]).logits))
+    metrics = MGRLMetrics(return_sum=stats.return_sum, episodes=stats.count,
+                          reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],
+                          entropy=ent, gamma=eta_values[0], lambda_=eta_values[1],
+                          meta_loss=m_loss.astype(jnp.float32))
+    new = MGRLState(agent_params=res.params, opt_state=res.opt_state, eta=eta,
+                    meta_opt_state=meta_opt_state, prev_params=params,
+                    prev_opt_state=state.opt_state, prev_rollout=rollout,
+                    prev_eta_values=eta_values, env_params=state.env_params, env=carry, key=key)
+    return new, metrics
+
+  def skip(state: MGRLState, i: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
+    del i
+    z = jnp.zeros((), jnp.float32)
+    return state, MGRLMetrics(z, z, z, z, z, z, z, z)
+
+  def run_chunk(state: MGRLState, offset: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
+    def body(s, i):
+      if chunk * math.ceil(num_updates / chunk) == num_updates:
+        return update(s, i)
+      return jax.lax.cond(i < num_updates, update, skip, s, i)
+    return jax.lax.scan(body, state, offset + jnp.arange(chunk))
+
+  def train(key: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
+    return jax.lax.scan(update, init(key), jnp.arange(num_updates))
+
+  return TrainFns(init=init, run_chunk=run_chunk, train=train, net=eta_net.bind(eta0.values()),
+                  chunk=chunk, num_updates=int(num_updates),
+                  steps_per_update=int(num_envs * rollout_len))
