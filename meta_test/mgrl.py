@@ -78,12 +78,6 @@ class MGRLConfig:
     meta_value_coef: weight of the value loss in the meta-objective [chosen:
       0.5, the inner weight]; no entropy term there (Xu et al.).
     meta_adam_eps: epsilon of the meta Adam [optax default 1e-8].
-    adam_eps_root: ``eps_root`` of the *inner* Adam (network agents) [chosen:
-      1e-12].  With optax's default 0, ``sqrt(nu)`` is not differentiable where
-      ``nu = 0`` (a parameter whose gradient has been exactly zero so far: a dead
-      ReLU, an unvisited table row) and the meta-gradient is NaN; optax suggests
-      ``eps_root > 0`` when differentiating through Adam.  Changes Adam's step
-      only where ``nu`` is below ~1e-10.  Unused with SGD.
     eta_input: feed ``(gamma, lambda)`` to the agent's networks [paper: on;
       here off by default so ``meta_lr = 0`` is exactly the A2C baseline].
   """
@@ -96,7 +90,6 @@ class MGRLConfig:
   entropy_coef: float = _A2C.entropy_coef
   meta_value_coef: float = _A2C.value_coef
   meta_adam_eps: float = 1e-8
-  adam_eps_root: float = 1e-12
   eta_input: bool = False
 
   def __post_init__(self):
@@ -392,18 +385,6 @@ def _entropy(logits):
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def make_inner_optimizer(config: OptimizerConfig, mgrl: MGRLConfig
-                         ) -> optax.GradientTransformation:
-  """``lpg.update.make_optimizer`` (unit step size), Adam with ``mgrl.adam_eps_root``."""
-  if config.name != "adam" or mgrl.adam_eps_root == 0:
-    return make_optimizer(config)
-  parts = []
-  if config.max_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
-  parts.append(optax.scale_by_adam(eps=config.adam_eps, eps_root=mgrl.adam_eps_root))
-  return optax.chain(*parts)
-
-
 def make_meta_optimizer(config: MGRLConfig) -> optax.GradientTransformation:
   return optax.adam(config.meta_lr, eps=config.meta_adam_eps)
 
@@ -428,7 +409,7 @@ def make_mgrl_train_fns(env: Environment, rule: MGRLRule, rule_params: PyTree,
   chunk = int(num_updates if chunk is None else min(max(int(chunk), 1), num_updates))
   eta_net = make_mgrl_network(agent_config, env.obs_spec, env.num_actions, rule.head_sizes(),
                               cfg.eta_input)
-  optimizer = make_inner_optimizer(optimizer_config, cfg)
+  optimizer = make_optimizer(optimizer_config)
   meta_opt = make_meta_optimizer(cfg)
   problem = MetaProblem(rule, eta_net, optimizer)
   eta0 = init_eta(cfg)

@@ -18,13 +18,12 @@ from envs.chain import ChainConfig, DelayedChain
 from lpg.networks import AgentConfig
 from lpg.rollout import reset_envs, unroll
 from lpg.rule import make_hypers
-from lpg.update import OptimizerConfig, inner_update
+from lpg.update import OptimizerConfig, inner_update, make_optimizer
 from meta_test import apply as apply_lib
 from meta_test import report as report_lib
 from meta_test.baselines import A2CConfig, A2CRule
-from meta_test.mgrl import (Eta, MetaProblem, MGRLConfig, MGRLRule, init_eta,
-                            make_inner_optimizer, make_mgrl_network, make_mgrl_train_fns,
-                            meta_loss)
+from meta_test.mgrl import (Eta, MetaProblem, MGRLConfig, MGRLRule, init_eta, make_mgrl_network,
+                            make_mgrl_train_fns, meta_loss)
 from meta_test.train import make_train_fns, run_seeds
 
 
@@ -45,7 +44,7 @@ def test_meta_gradient_matches_finite_differences(opt, lr, clip, eta_input):
     rule = MGRLRule(cfg)
     net = make_mgrl_network(AgentConfig("tabular"), env.obs_spec, env.num_actions,
                             rule.head_sizes(), eta_input)
-    optimizer = make_inner_optimizer(OptimizerConfig(opt, max_grad_norm=clip), cfg)
+    optimizer = make_optimizer(OptimizerConfig(opt, max_grad_norm=clip))
     problem = MetaProblem(rule, net, optimizer)
     hypers = _to64(make_hypers(lr))
     eta = Eta(jnp.float64(1.2), jnp.float64(0.6))
