@@ -347,8 +347,11 @@ def plot_curve(df, path: str, title: str) -> None:
 
 def plot_curve_on(ax, df, label=None) -> None:
   g = df.groupby("step")["episode_return"]
-  mean, lo, hi = g.mean(), g.min(), g.max()
-  line, = ax.plot(mean.index, mean.values, label=label)
+  # Bins where no episode ended (long episodes, e.g. Freeway) are NaN: drop
+  # them so the curve connects the bins that have data.
+  mean = g.mean().dropna()
+  lo, hi = g.min().reindex(mean.index), g.max().reindex(mean.index)
+  line, = ax.plot(mean.index, mean.values, label=label, marker="." if len(mean) < 30 else None)
   ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2, color=line.get_color())
   ax.set_xlabel("environment steps per seed")
   ax.set_ylabel("episode return")

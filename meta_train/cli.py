@@ -111,7 +111,8 @@ def git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
                          text=True, timeout=5)
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) == 40 else None
   except (OSError, subprocess.SubprocessError):
     return None
 
