@@ -22,7 +22,7 @@ import json
 import os
 import pickle
 import tempfile
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np

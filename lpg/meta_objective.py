@@ -27,7 +27,7 @@ from envs.base import Environment
 from lpg.networks import AgentConfig, make_agent_network
 from lpg.returns import batched_gae, batched_lambda_returns
 from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
 from lpg.types import PyTree, Rollout
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
 
@@ -109,11 +109,6 @@ class MetaMetrics(NamedTuple):
   critic_loss: jax.Array
 
 
-def entropy_from_logits(logits: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 class MetaProblem:
   """Static bundle for meta-training a rule on one environment.
 
@@ -193,9 +188,7 @@ class MetaProblem:
     v = self.critic.apply(sg(critic), rollout.obs).heads["v"]
     adv = batched_gae(rollout.rewards, meta.gamma * rollout.bootstrap_mask, v, meta.gae_lambda)
     adv = sg((adv - adv.mean()) / (adv.std() + 1e-8))
-    logp = jax.nn.log_softmax(out.logits[:-1])
-    logp_a = jnp.take_along_axis(logp, rollout.actions[..., None], axis=-1)[..., 0]
-    pg = jnp.mean(adv * logp_a)
+    pg = jnp.mean(adv * log_prob(out.logits[:-1], rollout.actions))
     ent = jnp.mean(entropy_from_logits(out.logits[:-1]))
     y_ent = (jnp.mean(entropy_from_logits(out.heads["y"][:-1])) if "y" in out.heads
              else jnp.zeros(()))

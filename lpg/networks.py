@@ -60,11 +60,18 @@ class AgentNetwork(NamedTuple):
 
 
 def make_agent_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
-                       head_sizes: dict[str, int]) -> AgentNetwork:
+                       head_sizes: dict[str, int], cond_size: int = 0) -> AgentNetwork:
   """Builds an agent with a policy head and ``head_sizes`` extra heads.
 
   ``head_sizes`` maps head name to width; width 0 means a scalar head (shape
   ``[...]``), e.g. ``{"y": 30}`` for LPG or ``{"v": 0}`` for A2C.
+
+  With ``cond_size > 0`` the agent is conditioned on an extra input ``cond``
+  (``[cond_size]``, broadcast over the leading dims; e.g. meta-gradient RL's
+  (gamma, lambda)) and ``apply(params, obs, cond)`` takes it: tabular agents
+  add ``cond @ W`` (``W`` ``[cond_size, width]``, zero init, one per table) to
+  each looked-up row; MLP and conv agents concatenate it to the flattened
+  features before the torso MLP.
   """
   if config.kind == "tabular" and obs_spec.kind != "index":
     raise ValueError(f"a tabular agent needs an index observation, got {obs_spec.kind!r}; "
@@ -75,18 +82,27 @@ def make_agent_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
   n_obs_dims = len(obs_spec.shape)
   names = sorted(head_sizes)
 
-  def forward(obs):
+  def forward(obs, cond=None):
     lead = obs.shape[:obs.ndim - n_obs_dims]
+    if cond is not None and cond.dtype != jnp.float64:
+      cond = cond.astype(jnp.float32)
     if config.kind == "tabular":
       n = obs_spec.num_values
       idx = obs.astype(jnp.int32)
-      logits = hk.get_parameter("pi", [n, num_actions], init=jnp.zeros)[idx]
+
+      def table(name, width):
+        rows = hk.get_parameter(name, [n, width], init=jnp.zeros)[idx]
+        if cond is None:
+          return rows
+        w = hk.get_parameter(name + "_cond", [cond_size, width], init=jnp.zeros)
+        return rows + jnp.broadcast_to(cond, lead + (cond_size,)) @ w
+
       heads = {}
       for name in names:
         width = head_sizes[name]
-        table = hk.get_parameter(name, [n, max(width, 1)], init=jnp.zeros)[idx]
-        heads[name] = table if width else table[..., 0]
-      return AgentOutputs(logits=logits, heads=heads)
+        out = table(name, max(width, 1))
+        heads[name] = out if width else out[..., 0]
+      return AgentOutputs(logits=table("pi", num_actions), heads=heads)
     x = obs
     if obs_spec.kind == "index":
       x = jax.nn.one_hot(x, obs_spec.num_values)
@@ -95,6 +111,8 @@ def make_agent_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
       for ch in config.conv_channels:
         x = jax.nn.relu(hk.Conv2D(ch, 3, stride=1, padding="SAME")(x))
     x = x.reshape(x.shape[0], -1)
+    if cond is not None:
+      x = jnp.concatenate([x, jnp.broadcast_to(cond.astype(x.dtype), (x.shape[0], cond_size))], -1)
     x = hk.nets.MLP(config.hidden, activate_final=True, name="torso")(x)
     logits = hk.Linear(num_actions, w_init=jnp.zeros, name="pi")(x)
     heads = {}
@@ -107,4 +125,7 @@ def make_agent_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
 
   net = hk.without_apply_rng(hk.transform(forward))
   dummy = jnp.zeros(obs_spec.shape, obs_spec.dtype)
+  if cond_size:
+    return AgentNetwork(init=lambda key: net.init(key, dummy, jnp.zeros((cond_size,), jnp.float32)),
+                        apply=net.apply)
   return AgentNetwork(init=lambda key: net.init(key, dummy), apply=net.apply)

@@ -144,6 +144,17 @@ def _lpg_network(config: LPGConfig):
   return hk.without_apply_rng(hk.transform(forward))
 
 
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+  """Entropy ``[...]`` of the categorical distributions with ``logits`` ``[..., A]``."""
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def log_prob(logits: jax.Array, actions: jax.Array) -> jax.Array:
+  """``log pi(a|s)`` ``[...]`` of ``actions`` ``[...]`` under ``logits`` ``[..., A]``."""
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], axis=-1)[..., 0]
+
+
 def kl_categorical(logp: jax.Array, logq: jax.Array) -> jax.Array:
   """KL(p || q) over the last axis, from log-probabilities."""
   return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
@@ -180,9 +191,7 @@ class LPGRule(UpdateRule):
     return self.apply(params, lpg_inputs(rollout, agent_out, hypers.gamma))
 
   def agent_loss(self, agent_out, targets, rollout, hypers):
-    logp = jax.nn.log_softmax(agent_out.logits[:-1])
-    logp_a = jnp.take_along_axis(logp, rollout.actions[..., None], axis=-1)[..., 0]
-    pg = jnp.mean(targets.pi_hat * logp_a)
+    pg = jnp.mean(targets.pi_hat * log_prob(agent_out.logits[:-1], rollout.actions))
     y_logp = jax.nn.log_softmax(agent_out.heads["y"][:-1])
     kl = jnp.mean(kl_categorical(y_logp, jnp.log(targets.y_hat + 1e-8)))
     loss = -pg + hypers.alpha_y * kl

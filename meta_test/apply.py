@@ -33,9 +33,9 @@ import numpy as np
 from meta_test import host as host_lib  # noqa: F401  (imports envs' XLA guard first)
 import envs  # noqa: E402
 import jax  # noqa: E402
-from lpg.artifact import ArtifactError, load_rule  # noqa: E402
+from lpg.artifact import load_rule  # noqa: E402
 from lpg.networks import AGENT_KINDS, AgentConfig, make_agent_network  # noqa: E402
-from lpg.rule import LPGConfig, make_hypers  # noqa: E402
+from lpg.rule import make_hypers  # noqa: E402
 from lpg.update import OptimizerConfig  # noqa: E402
 from meta_test.baselines import A2CConfig, A2CRule, RandomRule  # noqa: E402
 from meta_test.host import MissingExtraError  # noqa: E402

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lpg.returns import batched_gae
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
 from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
 
 sg = jax.lax.stop_gradient
@@ -47,18 +47,6 @@ class A2CConfig:
       raise ValueError(f"A2CConfig.gae_lambda must lie in [0, 1], got {self.gae_lambda}")
     if self.value_coef < 0 or self.entropy_coef < 0:
       raise ValueError("A2CConfig.value_coef and entropy_coef must be >= 0")
-
-
-def entropy_from_logits(logits: jax.Array) -> jax.Array:
-  """Entropy ``[...]`` of the categorical distributions ``logits[..., A]``."""
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
-def log_prob_of(logits: jax.Array, actions: jax.Array) -> jax.Array:
-  """``log pi(a|s)`` ``[T, B]`` from ``logits[T, B, A]`` and ``actions[T, B]``."""
-  logp = jax.nn.log_softmax(logits)
-  return jnp.take_along_axis(logp, actions[..., None], axis=-1)[..., 0]
 
 
 class A2CRule(UpdateRule):
@@ -95,7 +83,7 @@ class A2CRule(UpdateRule):
                  hypers: InnerHypers) -> tuple[jax.Array, dict]:
     del hypers
     logits = agent_out.logits[:-1]
-    pg = jnp.mean(targets.pi_hat * log_prob_of(logits, rollout.actions))
+    pg = jnp.mean(targets.pi_hat * log_prob(logits, rollout.actions))
     v_loss = jnp.mean(jnp.square(agent_out.heads["v"][:-1] - targets.extras["returns"]))
     ent = jnp.mean(entropy_from_logits(logits))
     loss = -pg + self.config.value_coef * v_loss - self.config.entropy_coef * ent

@@ -39,7 +39,6 @@ import dataclasses
 import math
 from typing import Callable, NamedTuple
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,10 +48,10 @@ from envs.base import Environment, ObsSpec
 from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
 from lpg.returns import batched_gae, batched_lambda_returns
 from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
 from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
-from meta_test.baselines import A2CConfig, A2CRule, log_prob_of
+from meta_test.baselines import A2CConfig, A2CRule
 from meta_test.train import TrainFns
 
 sg = jax.lax.stop_gradient
@@ -216,7 +215,7 @@ def reference_loss(agent_out: AgentOutputs, rollout: Rollout, ref_gamma: float,
   g = sg(batched_lambda_returns(rollout.rewards, discount.astype(rollout.rewards.dtype),
                                 v_target, ref_lambda))                  # [T, B]
   adv = g - v_target[:-1]
-  pg = jnp.mean(adv * log_prob_of(agent_out.logits[:-1], rollout.actions))
+  pg = jnp.mean(adv * log_prob(agent_out.logits[:-1], rollout.actions))
   v_loss = jnp.mean(jnp.square(v[:-1] - g))
   return -pg + value_coef * v_loss, {"pg": pg, "value_loss": v_loss}
 
@@ -245,51 +244,7 @@ def make_mgrl_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
   if not eta_input:
     base = make_agent_network(config, obs_spec, num_actions, head_sizes)
     return EtaNetwork(init=base.init, apply=lambda p, o, e: base.apply(p, o))
-  make_agent_network(config, obs_spec, num_actions, head_sizes)  # same argument checks
-  n_obs_dims = len(obs_spec.shape)
-  names = sorted(head_sizes)
-
-  def forward(obs, eta):
-    lead = obs.shape[:obs.ndim - n_obs_dims]
-    eta = eta.astype(jnp.float32) if eta.dtype != jnp.float64 else eta
-    if config.kind == "tabular":
-      n = obs_spec.num_values
-      idx = obs.astype(jnp.int32)
-      e = jnp.broadcast_to(eta, lead + (2,))
-
-      def table(name, width):
-        rows = hk.get_parameter(name, [n, width], init=jnp.zeros)[idx]
-        w = hk.get_parameter(name + "_eta", [2, width], init=jnp.zeros)
-        return rows + e @ w
-      heads = {}
-      for name in names:
-        width = head_sizes[name]
-        out = table(name, max(width, 1))
-        heads[name] = out if width else out[..., 0]
-      return AgentOutputs(logits=table("pi", num_actions), heads=heads)
-    x = obs
-    if obs_spec.kind == "index":
-      x = jax.nn.one_hot(x, obs_spec.num_values)
-    x = x.astype(jnp.float32).reshape((-1,) + tuple(obs_spec.shape))
-    if config.kind == "conv":
-      for ch in config.conv_channels:
-        x = jax.nn.relu(hk.Conv2D(ch, 3, stride=1, padding="SAME")(x))
-    x = x.reshape(x.shape[0], -1)
-    x = jnp.concatenate([x, jnp.broadcast_to(eta.astype(x.dtype), (x.shape[0], 2))], axis=-1)
-    x = hk.nets.MLP(config.hidden, activate_final=True, name="torso")(x)
-    logits = hk.Linear(num_actions, w_init=jnp.zeros, name="pi")(x)
-    heads = {}
-    for name in names:
-      width = head_sizes[name]
-      out = hk.Linear(max(width, 1), w_init=jnp.zeros, name=name)(x)
-      heads[name] = out if width else out[..., 0]
-    reshape = lambda a: a.reshape(lead + a.shape[1:])
-    return AgentOutputs(logits=reshape(logits), heads={k: reshape(v) for k, v in heads.items()})
-
-  net = hk.without_apply_rng(hk.transform(forward))
-  dummy = jnp.zeros(obs_spec.shape, obs_spec.dtype)
-  return EtaNetwork(init=lambda key: net.init(key, dummy, jnp.zeros((2,), jnp.float32)),
-                    apply=net.apply)
+  return EtaNetwork(*make_agent_network(config, obs_spec, num_actions, head_sizes, cond_size=2))
 
 
 # -------------------------------------------------------------- the meta-gradient
@@ -380,11 +335,6 @@ class MGRLMetrics(NamedTuple):
   meta_loss: jax.Array
 
 
-def _entropy(logits):
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 def make_meta_optimizer(config: MGRLConfig) -> optax.GradientTransformation:
   return optax.adam(config.meta_lr, eps=config.meta_adam_eps)
 
@@ -454,7 +404,7 @@ def make_mgrl_train_fns(env: Environment, rule: MGRLRule, rule_params: PyTree,
     eta_values = eta.values()
     net = eta_net.bind(eta_values)
     res = inner_update(rule, eta, net, optimizer, params, state.opt_state, rollout, hypers)
-    ent = jnp.mean(_entropy(net_old.apply(params, rollout.obs[:-1]).logits))
+    ent = jnp.mean(entropy_from_logits(net_old.apply(params, rollout.obs[:-1]).logits))
     metrics = MGRLMetrics(return_sum=stats.return_sum, episodes=stats.count,
                           reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],
                           entropy=ent, gamma=eta_values[0], lambda_=eta_values[1],

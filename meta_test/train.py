@@ -27,7 +27,7 @@ import numpy as np
 from envs.base import Environment
 from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
 from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits
 from lpg.types import PyTree
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
 
@@ -74,11 +74,6 @@ class TrainFns(NamedTuple):
   steps_per_update: int
 
 
-def _entropy(logits):
-  logp = jax.nn.log_softmax(logits)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 def make_train_fns(env: Environment, rule: UpdateRule, rule_params: PyTree,
                    agent_config: AgentConfig, optimizer_config: OptimizerConfig,
                    hypers: InnerHypers, num_envs: int, rollout_len: int, num_updates: int,
@@ -118,7 +113,7 @@ def make_train_fns(env: Environment, rule: UpdateRule, rule_params: PyTree,
     rollout, carry, stats = unroll(env, state.env_params, lambda o: net.apply(params, o).logits,
                                    state.env, k_roll, rollout_len)
     res = inner_update(rule, rule_params, net, optimizer, params, state.opt_state, rollout, hypers)
-    ent = jnp.mean(_entropy(net.apply(params, rollout.obs[:-1]).logits))
+    ent = jnp.mean(entropy_from_logits(net.apply(params, rollout.obs[:-1]).logits))
     metrics = UpdateMetrics(return_sum=stats.return_sum, episodes=stats.count,
                             reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],
                             entropy=ent)

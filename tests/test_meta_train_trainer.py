@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from meta_train import bandit
-from meta_train.config import PRESETS, TrainConfig
+from meta_train.config import PRESETS
 from meta_train.trainer import make_meta_train
 
 TINY = dataclasses.replace(PRESETS["tiny"], agents_per_env=4, lifetime_updates=4)
