@@ -11,7 +11,7 @@ Rows:
   repro-8              the open reproduction's measured config: 8 lifetimes x 64 envs x
                        20 steps, K=5, LSTM-256, tabular agents (tabular/dense)
   repro-512            the same with 512 lifetimes (chunks of 32, rematerialised inner updates)
-  devices-N            (with --devices) the cpu preset's population on N simulated CPU devices
+  devices-N            (with --devices) the smoke preset with 16 lifetimes on N simulated CPU devices
 
     python benchmarks/meta_train.py                      # smoke, cpu, repro-8, repro-512
     python benchmarks/meta_train.py --rows gpu           # on an accelerator
@@ -53,7 +53,8 @@ def row_config(name: str):
     return dataclasses.replace(PRESETS["smoke"], agents_per_env=512, agent_chunk=32,
                                **dict(repro, meta=meta))
   if name.startswith("devices-"):
-    return dataclasses.replace(row_config("cpu"), agents_per_env=4)
+    # Fixed total population (2 worlds x 8 lifetimes) split over N devices.
+    return dataclasses.replace(PRESETS["smoke"], agents_per_env=8)
   raise SystemExit(f"unknown row {name!r}")
 
 
