@@ -10,7 +10,7 @@ Rows:
   smoke, cpu, gpu      the presets (all 15 envs for cpu/gpu)
   repro-8              the open reproduction's measured config: 8 lifetimes x 64 envs x
                        20 steps, K=5, LSTM-256, tabular agents (tabular/dense)
-  repro-512            the same with 512 lifetimes (chunks of 32, rematerialised inner updates)
+  repro-512            the same with 512 lifetimes (chunks of 16, rematerialised inner updates)
   devices-N            (with --devices) the smoke preset with 16 lifetimes on N simulated CPU devices
 
     python benchmarks/meta_train.py                      # smoke, cpu, repro-8, repro-512
@@ -50,7 +50,7 @@ def row_config(name: str):
     return dataclasses.replace(PRESETS["smoke"], agents_per_env=8, **repro)
   if name == "repro-512":
     meta = dataclasses.replace(repro["meta"], remat_inner=True)
-    return dataclasses.replace(PRESETS["smoke"], agents_per_env=512, agent_chunk=32,
+    return dataclasses.replace(PRESETS["smoke"], agents_per_env=512, agent_chunk=16,
                                **dict(repro, meta=meta))
   if name.startswith("devices-"):
     # Fixed total population (2 worlds x 8 lifetimes) split over N devices.
