@@ -262,6 +262,7 @@ def _train(args, argv, out, config) -> int:
              disable=args.no_progress or not main_process or None, dynamic_ncols=True, file=sys.stderr)
   t0 = time.time()
   consecutive_skips = 0
+  first_call = (0, 0.0)
   timed_out = False
   last_ckpt = step
   try:
@@ -274,6 +275,7 @@ def _train(args, argv, out, config) -> int:
       step = _scalar(state.step)
       dt = time.time() - tic
       if step - n == start_step:
+        first_call = (n, dt)
         print(f"{PROG}: first call (compile + {n} meta-update(s)) took {dt:.1f} s", file=sys.stderr)
       skipped = np.asarray(metrics.skipped, bool)
       for s in skipped:
@@ -312,7 +314,10 @@ def _train(args, argv, out, config) -> int:
   if timed_out and step < config.num_updates:
     print(f"{PROG}: time limit reached at meta-update {step}/{config.num_updates}; checkpoint "
           f"saved, continue with: {PROG} --out {shlex.quote(out)} --resume", file=sys.stderr)
-  rate = done * config.agent_steps_per_update / max(wall, 1e-9)
+  # Steady-state rate: the first call includes compilation.
+  steady = done - first_call[0]
+  rate = (steady * config.agent_steps_per_update / max(wall - first_call[1], 1e-9) if steady > 0
+          else done * config.agent_steps_per_update / max(wall, 1e-9))
   print(f"{PROG}: {step} meta-updates ({done} this session, {wall:.0f} s, "
         f"{rate:,.0f} agent-steps/s, {_scalar(state.skipped)} skipped); rule: "
         f"{os.path.join(out, 'rule.pkl')}", file=sys.stderr)
