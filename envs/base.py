@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 PyTree = Any
 
@@ -55,13 +54,6 @@ class ObsSpec:
     if self.kind == "index" and not self.num_values:
       raise ValueError("an index observation needs num_values")
 
-  @property
-  def flat_size(self) -> int:
-    """Length of the observation as a flat feature vector (one-hot for index)."""
-    if self.kind == "index":
-      return int(self.num_values)
-    return int(np.prod(self.shape))
-
 
 class StepOutput(NamedTuple):
   """Result of one environment step (shapes for a single environment).
@@ -83,11 +75,6 @@ class StepOutput(NamedTuple):
   @property
   def done(self) -> jax.Array:
     return jnp.logical_or(self.terminated, self.truncated)
-
-  @property
-  def discount(self) -> jax.Array:
-    """``[]`` float32, 0 after a terminal transition and 1 otherwise."""
-    return 1.0 - self.terminated.astype(jnp.float32)
 
 
 class Environment(abc.ABC):
@@ -150,17 +137,33 @@ class Environment(abc.ABC):
            params: PyTree) -> StepOutput:
     key_step, key_reset = jax.random.split(key)
     next_state, reward, terminated = self.step_env(key_step, state, action, params)
+    return self.auto_reset(next_state, reward, terminated, self.reset_env(key_reset, params),
+                           params)
+
+  def auto_reset(self, next_state: PyTree, reward: jax.Array, terminated: jax.Array,
+                 reset_state: PyTree, params: PyTree) -> StepOutput:
+    """The time limit and the branch-free auto-reset that ``step`` applies.
+
+    ``next_state``/``reward``/``terminated`` come from ``step_env``;
+    ``reset_state`` is a fresh episode's first state, taken where the
+    transition ended the episode (``jnp.where`` on ``done``, leaf by leaf).
+    Subclasses that draw their random numbers differently (one call for the
+    step and the reset) reuse it.
+    """
+    terminated, truncated = self._time_limit(next_state, terminated)
+    done = jnp.logical_or(terminated, truncated)
+    state_out = jax.tree_util.tree_map(
+        lambda r, n: jnp.where(done, r, n), reset_state, next_state)
+    return StepOutput(obs=self.get_obs(state_out, params), state=state_out,
+                      reward=jnp.asarray(reward, jnp.float32),
+                      terminated=terminated, truncated=truncated)
+
+  def _time_limit(self, next_state: PyTree, terminated: jax.Array):
+    """``(terminated, truncated)`` ``[]`` bool: truncation at ``max_episode_steps``."""
     terminated = jnp.asarray(terminated, jnp.bool_)
     truncated = jnp.logical_and(next_state.time >= self.max_episode_steps,
                                 jnp.logical_not(terminated))
-    done = jnp.logical_or(terminated, truncated)
-    reset_state = self.reset_env(key_reset, params)
-    state_out = jax.tree_util.tree_map(
-        lambda r, n: jnp.where(done, r, n), reset_state, next_state)
-    obs = self.get_obs(state_out, params)
-    return StepOutput(obs=obs, state=state_out,
-                      reward=jnp.asarray(reward, jnp.float32),
-                      terminated=terminated, truncated=truncated)
+    return terminated, truncated
 
   def step_no_reset(self, key: jax.Array, state: PyTree, action: jax.Array,
                     params: PyTree) -> StepOutput:
@@ -170,9 +173,7 @@ class Environment(abc.ABC):
     episode (what a dm_env LAST time step shows).  The caller resets.
     """
     next_state, reward, terminated = self.step_env(key, state, action, params)
-    terminated = jnp.asarray(terminated, jnp.bool_)
-    truncated = jnp.logical_and(next_state.time >= self.max_episode_steps,
-                                jnp.logical_not(terminated))
+    terminated, truncated = self._time_limit(next_state, terminated)
     return StepOutput(obs=self.get_obs(next_state, params), state=next_state,
                       reward=jnp.asarray(reward, jnp.float32),
                       terminated=terminated, truncated=truncated)

@@ -39,7 +39,6 @@ rows 1 and 3 of the middle column)::
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import grid_common as gc
-from envs.base import Environment, ObsSpec, StepOutput
+from envs.base import ObsSpec
 
 SMALL_5x7 = (
     ".......",
@@ -58,20 +57,8 @@ SMALL_5x7 = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class RandomGridConfig:
-  """Static description of a random grid world.
-
-  Attributes:
-    layout: rows of ``"."``/``"#"`` over the walkable area [ported sizes; wall
-      positions of ``small`` chosen].
-    objects: the objects [ported].
-    max_episode_steps: time limit [ported].
-  """
-  layout: tuple[str, ...]
-  objects: tuple[gc.ObjectSpec, ...]
-  max_episode_steps: int
-
+# Object tables and time limits [ported]; wall positions of ``small`` chosen.
+RandomGridConfig = gc.GridConfig
 
 _DENSE = gc.objects((2, (1, 0, 0.05)), (1, (-1, 0.5, 0.1)), (1, (-1, 0, 0.5)))
 _LONG = gc.objects((2, (1, 0, 0.01)), (2, (-1, 0.5, 1)))
@@ -97,7 +84,7 @@ class RandomGridState(NamedTuple):
   time: jax.Array     # [] int32 steps taken in this episode.
 
 
-class RandomGrid(Environment):
+class RandomGrid(gc.GridWorld):
   """A random grid world; see the module docstring for the exact dynamics.
 
   Args:
@@ -107,55 +94,36 @@ class RandomGrid(Environment):
   """
 
   def __init__(self, config: RandomGridConfig, num_actions: int = 9, name: str = "random"):
-    self.config = config
-    self.name = name
-    self._num_actions = int(num_actions)
-    self.geometry = gc.build_geometry(config.layout, self._num_actions)
-    n = len(config.objects)
-    if not 1 <= n < self.geometry.num_free:
-      raise ValueError("need 1 <= num_objects < number of free cells")
-    self.num_objects = n
+    super().__init__(config, num_actions, name)
+    n = self.num_objects
+    self._step_bits = 2 * n + 1  # reappear draws, reappear cells, end draw.
+    self._reset_bits_shape = (n + 1,)  # agent and object cells.
     kinds = []
     for o in config.objects:
       if o not in kinds:
         kinds.append(o)
     self.object_types = np.array([kinds.index(o) for o in config.objects], np.int32)
     self.num_object_types = len(kinds)
-    self.rewards = np.array([o.reward for o in config.objects], np.float32)
-    self._end_thr, self._end_always = gc.bernoulli_thresholds([o.end_prob for o in config.objects])
-    self._resp_thr, self._resp_always = gc.bernoulli_thresholds(
-        [o.respawn_prob for o in config.objects])
-    self._num_moves = self.geometry.next_grid.shape[1]
 
   # ------------------------------------------------------------------ spec
-  @property
-  def num_actions(self) -> int:
-    return self._num_actions
-
   @property
   def obs_spec(self) -> ObsSpec:
     g = self.geometry
     return ObsSpec(shape=(g.height, g.width, self.num_object_types + 1), dtype=jnp.uint8,
                    kind="image")
 
-  @property
-  def max_episode_steps(self) -> int:
-    return self.config.max_episode_steps
-
   def default_params(self) -> RandomGridParams:
     return RandomGridParams()
 
   # -------------------------------------------------------------- dynamics
-  def _num_reset_bits(self) -> int:
-    return self.num_objects + 1
-
-  def _reset_from_bits(self, bits: jax.Array) -> RandomGridState:
+  def _reset_from_bits(self, bits: jax.Array, params: RandomGridParams) -> RandomGridState:
     """``bits``: ``[num_objects + 1]`` uint32 -> agent and objects on distinct free cells.
 
     Draw ``k`` is uniform over the ``F - k`` cells not chosen yet: a uniform
     ``r`` in ``[0, F - k)`` is shifted past the already chosen free-cell
     indices (fixed point of ``r + #{chosen <= .}``, reached in ``k`` rounds).
     """
+    del params
     num_free = self.geometry.num_free
     chosen = []
     for k in range(self.num_objects + 1):
@@ -170,51 +138,36 @@ class RandomGrid(Environment):
                            mask=jnp.ones((self.num_objects,), jnp.bool_),
                            time=jnp.zeros((), jnp.int32))
 
-  def _num_step_bits(self) -> int:
-    return 2 * self.num_objects + 1
-
-  def _step_from_bits(self, bits: jax.Array, state: RandomGridState, action: jax.Array):
+  def _step_from_bits(self, bits: jax.Array, state: RandomGridState, action: jax.Array,
+                      params: RandomGridParams):
     """``bits``: ``[2 * num_objects + 1]`` uint32 (reappear draws, cells, end draw)."""
+    del params
     n = self.num_objects
-    action = jnp.asarray(action, jnp.int32)
-    move = jnp.asarray(self.geometry.move_of_action)[action]
-    table = jnp.asarray(self.geometry.next_grid.reshape(-1))
-    agent = table[state.agent * self._num_moves + move]
-    hit = (state.obj_pos == agent) & state.mask
-    if self._num_actions == 18:
-      hit = hit & (action >= 9)
-    reward = jnp.sum(jnp.where(hit, jnp.asarray(self.rewards), 0.0))
-    ends = (bits[2 * n] < jnp.asarray(self._end_thr)) | jnp.asarray(self._end_always)
-    terminated = jnp.any(hit & ends)
-    try_respawn = (~state.mask) & ((bits[:n] < jnp.asarray(self._resp_thr))
-                                   | jnp.asarray(self._resp_always))
+    agent = self._move(state.agent, action, self.geometry.next_grid)
+    hit, reward, terminated = self._collect(agent, state.obj_pos, state.mask, action, bits[2 * n])
+    try_respawn = self._reappears(~state.mask, bits[:n])
     free = jnp.asarray(self.geometry.free_cells)
     new_cells = free[(bits[n:2 * n] % np.uint32(self.geometry.num_free)).astype(jnp.int32)]
-    mask = state.mask & ~hit
-    pos = state.obj_pos
-    if n == 1:
-      ok = try_respawn & (new_cells != agent)
-      mask = mask | ok
-      pos = jnp.where(ok, new_cells, pos)
-    else:
-      # Sequential over objects (n is small and static) so that two objects
-      # reappearing in the same step cannot land on the same cell.
-      for i in range(n):
-        blocked = (new_cells[i] == agent) | jnp.any(mask & (pos == new_cells[i]))
-        ok = try_respawn[i] & ~blocked
-        mask = mask.at[i].set(mask[i] | ok)
-        pos = pos.at[i].set(jnp.where(ok, new_cells[i], pos[i]))
+    mask, pos = self._place(state.mask & ~hit, state.obj_pos, try_respawn, new_cells, agent)
     new_state = RandomGridState(agent=agent, obj_pos=pos, mask=mask, time=state.time + 1)
     return new_state, reward, terminated
 
-  def reset_env(self, key: jax.Array, params: RandomGridParams) -> RandomGridState:
-    del params
-    return self._reset_from_bits(jax.random.bits(key, (self._num_reset_bits(),), jnp.uint32))
+  def _place(self, mask, pos, try_respawn, new_cells, agent):
+    """Reappearing objects take ``new_cells`` unless the agent or a present object is there.
 
-  def step_env(self, key, state: RandomGridState, action, params: RandomGridParams):
-    del params
-    bits = jax.random.bits(key, (self._num_step_bits(),), jnp.uint32)
-    return self._step_from_bits(bits, state, action)
+    All ``[n]`` except ``agent`` ``[]``; returns the new ``(mask, pos)``.
+    """
+    if self.num_objects == 1:
+      ok = try_respawn & (new_cells != agent)
+      return mask | ok, jnp.where(ok, new_cells, pos)
+    # Sequential over objects (n is small and static) so that two objects
+    # reappearing in the same step cannot land on the same cell.
+    for i in range(self.num_objects):
+      blocked = (new_cells[i] == agent) | jnp.any(mask & (pos == new_cells[i]))
+      ok = try_respawn[i] & ~blocked
+      mask = mask.at[i].set(mask[i] | ok)
+      pos = pos.at[i].set(jnp.where(ok, new_cells[i], pos[i]))
+    return mask, pos
 
   def get_obs(self, state: RandomGridState, params: RandomGridParams) -> jax.Array:
     g = self.geometry
@@ -229,18 +182,3 @@ class RandomGrid(Environment):
     channels.append(cells == state.agent)
     img = jnp.stack(channels, axis=-1).astype(jnp.uint8)
     return img.reshape(g.height, g.width, self.num_object_types + 1)
-
-  def step(self, key: jax.Array, state: RandomGridState, action: jax.Array,
-           params: RandomGridParams) -> StepOutput:
-    """Same semantics as ``Environment.step``, with one random-bits call."""
-    ns, nr = self._num_step_bits(), self._num_reset_bits()
-    bits = jax.random.bits(key, (ns + nr,), jnp.uint32)
-    next_state, reward, terminated = self._step_from_bits(bits[:ns], state, action)
-    truncated = (next_state.time >= self.max_episode_steps) & ~terminated
-    done = terminated | truncated
-    reset_state = self._reset_from_bits(bits[ns:])
-    state_out = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), reset_state,
-                                       next_state)
-    return StepOutput(obs=self.get_obs(state_out, params), state=state_out,
-                      reward=reward.astype(jnp.float32), terminated=terminated,
-                      truncated=truncated)

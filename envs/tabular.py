@@ -52,7 +52,6 @@ numbers of a step (including those of the auto-reset) come from one
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -60,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import grid_common as gc
-from envs.base import Environment, ObsSpec, StepOutput
+from envs.base import ObsSpec
 
 FOUR_ROOMS_11 = (
     ".....#.....",
@@ -87,20 +86,8 @@ LONGER_HORIZON_7x9 = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class TabularConfig:
-  """Static description of a tabular grid world.
-
-  Attributes:
-    layout: rows of ``"."`` (free) and ``"#"`` (wall) over the walkable area
-      [firm sizes; inner-wall layouts chosen, see the module docstring].
-    objects: the objects [firm].
-    max_episode_steps: time limit [firm].
-  """
-  layout: tuple[str, ...]
-  objects: tuple[gc.ObjectSpec, ...]
-  max_episode_steps: int
-
+# Object tables and time limits [firm]; layouts [firm sizes, inner walls chosen].
+TabularConfig = gc.GridConfig
 
 TABULAR_CONFIGS = {
     "dense": TabularConfig(gc.open_layout(11, 11),
@@ -127,7 +114,7 @@ class TabularState(NamedTuple):
   time: jax.Array  # [] int32 steps taken in this episode.
 
 
-class TabularGrid(Environment):
+class TabularGrid(gc.GridWorld):
   """A tabular grid world; see the module docstring for the exact dynamics.
 
   Args:
@@ -136,30 +123,17 @@ class TabularGrid(Environment):
     name: registry name.
   """
 
+  _reset_bits_shape = ()  # one draw: the start cell.
+
   def __init__(self, config: TabularConfig, num_actions: int = 9, name: str = "tabular"):
-    self.config = config
-    self.name = name
-    self._num_actions = int(num_actions)
-    self.geometry = gc.build_geometry(config.layout, self._num_actions)
-    n = len(config.objects)
-    if not 1 <= n <= 20:
-      raise ValueError(f"need 1..20 objects, got {n}")
-    if n >= self.geometry.num_free:
-      raise ValueError("need more free cells than objects")
-    self.num_objects = n
-    self.rewards = np.array([o.reward for o in config.objects], np.float32)
-    self.end_probs = np.array([o.end_prob for o in config.objects], np.float64)
-    self.respawn_probs = np.array([o.respawn_prob for o in config.objects], np.float64)
-    self._end_thr, self._end_always = gc.bernoulli_thresholds(self.end_probs)
-    self._resp_thr, self._resp_always = gc.bernoulli_thresholds(self.respawn_probs)
-    self._bit = (1 << np.arange(n)).astype(np.int32)
-    self._num_moves = self.geometry.next_free.shape[1]
+    super().__init__(config, num_actions, name)
+    if self.num_objects > 20:
+      raise ValueError(f"need 1..20 objects (the state index has 2**n masks), "
+                       f"got {self.num_objects}")
+    self._step_bits = self.num_objects + 1  # reappear draws, end draw.
+    self._bit = (1 << np.arange(self.num_objects)).astype(np.int32)
 
   # ------------------------------------------------------------------ spec
-  @property
-  def num_actions(self) -> int:
-    return self._num_actions
-
   @property
   def num_cells(self) -> int:
     """Number of free cells the agent can stand on."""
@@ -172,10 +146,6 @@ class TabularGrid(Environment):
   @property
   def obs_spec(self) -> ObsSpec:
     return ObsSpec(shape=(), dtype=jnp.int32, kind="index", num_values=self.num_states)
-
-  @property
-  def max_episode_steps(self) -> int:
-    return self.config.max_episode_steps
 
   # ---------------------------------------------------------------- params
   def params_from_cells(self, obj_cells) -> TabularParams:
@@ -206,45 +176,15 @@ class TabularGrid(Environment):
   def _step_from_bits(self, bits: jax.Array, state: TabularState, action: jax.Array,
                       params: TabularParams):
     """``bits``: ``[num_objects + 1]`` uint32 (reappear draws, end draw)."""
-    action = jnp.asarray(action, jnp.int32)
-    move = jnp.asarray(self.geometry.move_of_action)[action]
-    table = jnp.asarray(self.geometry.next_free.reshape(-1))
-    cell = table[state.cell * self._num_moves + move]
+    cell = self._move(state.cell, action, self.geometry.next_free)
     bit = jnp.asarray(self._bit)
     present = (state.mask & bit) != 0
-    hit = (params.obj_cells == cell) & present
-    if self._num_actions == 18:
-      hit = hit & (action >= 9)
-    reward = jnp.sum(jnp.where(hit, jnp.asarray(self.rewards), 0.0))
-    ends = (bits[-1] < jnp.asarray(self._end_thr)) | jnp.asarray(self._end_always)
-    terminated = jnp.any(hit & ends)
-    respawn = (~present) & ((bits[:-1] < jnp.asarray(self._resp_thr))
-                            | jnp.asarray(self._resp_always))
+    hit, reward, terminated = self._collect(cell, params.obj_cells, present, action, bits[-1])
+    respawn = self._reappears(~present, bits[:-1])  # at the object's own cell.
     hit_bits = jnp.sum(jnp.where(hit, bit, 0))
     resp_bits = jnp.sum(jnp.where(respawn, bit, 0))
     mask = (state.mask & ~hit_bits) | resp_bits
     return TabularState(cell=cell, mask=mask, time=state.time + 1), reward, terminated
 
-  def reset_env(self, key: jax.Array, params: TabularParams) -> TabularState:
-    return self._reset_from_bits(jax.random.bits(key, (), jnp.uint32), params)
-
-  def step_env(self, key, state: TabularState, action, params: TabularParams):
-    bits = jax.random.bits(key, (self.num_objects + 1,), jnp.uint32)
-    return self._step_from_bits(bits, state, action, params)
-
   def get_obs(self, state: TabularState, params: TabularParams) -> jax.Array:
     return state.cell * (2**self.num_objects) + state.mask
-
-  def step(self, key: jax.Array, state: TabularState, action: jax.Array,
-           params: TabularParams) -> StepOutput:
-    """Same semantics as ``Environment.step``, with one random-bits call."""
-    bits = jax.random.bits(key, (self.num_objects + 2,), jnp.uint32)
-    next_state, reward, terminated = self._step_from_bits(bits[:-1], state, action, params)
-    truncated = (next_state.time >= self.max_episode_steps) & ~terminated
-    done = terminated | truncated
-    reset_state = self._reset_from_bits(bits[-1], params)
-    state_out = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), reset_state,
-                                       next_state)
-    return StepOutput(obs=self.get_obs(state_out, params), state=state_out,
-                      reward=reward.astype(jnp.float32), terminated=terminated,
-                      truncated=truncated)
