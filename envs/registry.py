@@ -1,37 +1,67 @@
-"""Name -> environment constructor.  One registry serves meta-training and meta-testing."""
+"""Name -> environment factory: one literal, read-only table for meta-training and meta-testing.
+
+``REGISTRY`` is built once from the environment modules' config tables; nothing
+adds to it at import time or later (a user's own environment is passed as
+``module:callable`` to the command lines instead).  ``SUITES`` names groups of
+registered environments.
+"""
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+import functools
+import types
+from typing import Callable, Mapping
 
+from envs import chain, gymnax_envs, random_grid, tabular
 from envs.base import Environment
 
-_REGISTRY: dict[str, Callable[..., Environment]] = {}
+# (name prefix, config table, environment class): every registered family.
+_FAMILIES = (
+    ("chain/", chain.CHAIN_CONFIGS, chain.DelayedChain),
+    ("tabular/", tabular.TABULAR_CONFIGS, tabular.TabularGrid),
+    ("random/", random_grid.RANDOM_GRID_CONFIGS, random_grid.RandomGrid),
+    ("", gymnax_envs.GYMNAX_SPECS, gymnax_envs.GymnaxEnv),
+)
 
+REGISTRY: Mapping[str, Callable[..., Environment]] = types.MappingProxyType({
+    prefix + name: functools.partial(cls, config, name=prefix + name)
+    for prefix, table, cls in _FAMILIES for name, config in table.items()})
+"""``name -> factory(**kwargs) -> Environment`` (kwargs such as ``num_actions``)."""
 
-def register(name: str, factory: Callable[..., Environment]) -> None:
-  """Registers ``factory(**kwargs) -> Environment`` under ``name``."""
-  if name in _REGISTRY:
-    raise ValueError(f"environment {name!r} is already registered")
-  _REGISTRY[name] = factory
+_TRAINING_SUITES = {
+    "tabular": tuple(f"tabular/{n}" for n in tabular.TABULAR_CONFIGS),
+    "random": tuple(f"random/{n}" for n in random_grid.RANDOM_GRID_CONFIGS),
+    "chain": tuple(f"chain/{n}" for n in chain.CHAIN_CONFIGS),
+}
+SUITES: dict[str, tuple[str, ...]] = {
+    **_TRAINING_SUITES,
+    "all": sum(_TRAINING_SUITES.values(), ()),
+    "minatar": tuple(gymnax_envs.MINATAR),
+    "classic": tuple(gymnax_envs.CLASSIC),
+}
+"""Suite name -> registered names; ``"all"`` is the 15 meta-training environments."""
 
 
 def list_envs(prefix: str | None = None) -> list[str]:
   """Sorted registered names, optionally only those starting with ``prefix``."""
-  names = sorted(_REGISTRY)
-  if prefix:
-    names = [n for n in names if n.startswith(prefix)]
-  return names
+  return sorted(n for n in REGISTRY if not prefix or n.startswith(prefix))
+
+
+def _close_matches(name: str, known) -> list[str]:
+  close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.4)
+  if not close:
+    lowered = {n.lower(): n for n in known}
+    close = [lowered[n] for n in difflib.get_close_matches(name.lower(), list(lowered), n=3,
+                                                            cutoff=0.4)]
+  return close
 
 
 def unknown_env_message(name: str) -> str:
-  close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
-  if not close:
-    lowered = {n.lower(): n for n in _REGISTRY}
-    close = [lowered[n] for n in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)]
+  """One line naming ``name`` as unknown, with the closest registered names."""
+  close = _close_matches(name, REGISTRY)
   hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
   return (f"unknown environment {name!r}{hint} "
-          f"(see envs.list_envs() for all {len(_REGISTRY)} names)")
+          f"(see envs.list_envs() for all {len(REGISTRY)} names)")
 
 
 def make(name: str, **kwargs) -> Environment:
@@ -41,7 +71,17 @@ def make(name: str, **kwargs) -> Environment:
     ValueError: unknown name; the message names the closest registered names.
   """
   try:
-    factory = _REGISTRY[name]
+    factory = REGISTRY[name]
   except KeyError:
     raise ValueError(unknown_env_message(name)) from None
   return factory(**kwargs)
+
+
+def suite(name: str) -> tuple[str, ...]:
+  """Registered names of a suite; ``ValueError`` (with close matches) for an unknown suite."""
+  try:
+    return SUITES[name]
+  except KeyError:
+    close = _close_matches(name, SUITES)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    raise ValueError(f"unknown suite {name!r}; {hint}known: {sorted(SUITES)}") from None

@@ -202,12 +202,44 @@ def reference_returns(name: str, path: str = TABLE_PATH) -> dict[str, float | No
   return {"optimal": entry["optimal"], "random": entry["random"]}
 
 
-def normalised_score(name: str, episode_return, path: str = TABLE_PATH):
-  """``(R - R_random) / (R_opt - R_random)``; ``None`` where no optimum is known."""
-  ref = reference_returns(name, path)
+def reference_pair(name: str, path: str = TABLE_PATH) -> tuple[float, float] | None:
+  """``(R_opt, R_random)`` of ``name`` for normalised scores, from the table.
+
+  ``None`` where no score can be given: no optimum known (random grids, gymnax
+  games), optimum equal to the random return, ``name`` not in the table, or no
+  table file.
+  """
+  try:
+    ref = reference_returns(name, path)
+  except (ValueError, OSError, KeyError):
+    return None
   if ref["optimal"] is None or ref["optimal"] == ref["random"]:
     return None
-  return (np.asarray(episode_return) - ref["random"]) / (ref["optimal"] - ref["random"])
+  return float(ref["optimal"]), float(ref["random"])
+
+
+def normalise(value, reference: tuple[float, float]):
+  """``(value - R_random) / (R_opt - R_random)`` for ``reference = (R_opt, R_random)``.
+
+  Elementwise on a float, a numpy array or a jax array (also under ``jit``).
+  """
+  optimal, random_ = reference
+  return (value - random_) / (optimal - random_)
+
+
+def normalised_score(name: str, value, path: str = TABLE_PATH):
+  """The normalised score of episode return(s) ``value`` on ``name``; vectorised.
+
+  ``(R - R_random) / (R_opt - R_random)`` with the table's reference returns
+  (see ``reference_pair``); ``None`` where the env has none.  Lists and tuples
+  give a numpy array; floats, numpy and jax arrays keep their kind.
+  """
+  reference = reference_pair(name, path)
+  if reference is None:
+    return None
+  if isinstance(value, (list, tuple)):
+    value = np.asarray(value, np.float64)
+  return normalise(value, reference)
 
 
 def build_reference_table(names=None, num_lifetimes: int = 16, seed: int = 0,
@@ -221,8 +253,8 @@ def build_reference_table(names=None, num_lifetimes: int = 16, seed: int = 0,
   (random grids and gymnax games have nothing to draw per lifetime: one batch of
   ``num_lifetimes * mc_envs // 4`` one-episode rollouts).
   """
-  import envs as envs_pkg  # the registry is filled by the package import.
-  names = list(envs_pkg.SUITES["all"] + envs_pkg.SUITES["minatar"] + envs_pkg.SUITES["classic"]
+  suites = registry.SUITES
+  names = list(suites["all"] + suites["minatar"] + suites["classic"]
                ) if names is None else list(names)
   out: dict[str, Any] = {}
   for name in names:

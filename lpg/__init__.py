@@ -1,5 +1,7 @@
 """LPG core: the update rule, agent networks, inner update, meta-objective, artifacts."""
-from envs import _xla_flags  # noqa: F401  (must precede jax)
+from envs import xla_guard
+
+xla_guard.apply()  # first, before jax starts (see envs.xla_guard)
 
 from lpg.artifact import ArtifactError, LoadedRule, load_rule, save_rule
 from lpg.meta_objective import Lifetime, MetaConfig, MetaProblem, population_meta_grad

@@ -44,11 +44,6 @@ class AgentConfig:
       raise ValueError(f"agent kind must be one of {AGENT_KINDS}, got {self.kind!r}")
 
 
-def default_agent_kind(spec: ObsSpec) -> str:
-  """Tabular for index observations, MLP otherwise (fast on CPU)."""
-  return "tabular" if spec.kind == "index" else "mlp"
-
-
 class AgentNetwork(NamedTuple):
   """Pure functions of an agent network.
 

@@ -34,16 +34,6 @@ class Rollout(NamedTuple):
     return jnp.logical_or(self.terminated, self.truncated).astype(jnp.float32)
 
   @property
-  def not_terminal(self) -> jax.Array:
-    """``[T, B]`` float32: 0 after a terminal transition (no bootstrap), else 1.
-
-    Truncation is not terminal, but since the environment auto-resets the
-    next observation is not the true successor; callers that bootstrap use
-    ``1 - done`` (see ``bootstrap_mask``).
-    """
-    return 1.0 - self.terminated.astype(jnp.float32)
-
-  @property
   def bootstrap_mask(self) -> jax.Array:
     """``[T, B]`` float32: 1 where ``obs[t+1]`` is the true successor of ``t``."""
     return 1.0 - self.done

@@ -10,4 +10,6 @@
   ``lpg-report`` command lines.
 * ``meta_test.analysis``: what a rule's outputs encode (used by the notebooks).
 """
-from envs import _xla_flags  # noqa: F401  (must precede jax)
+from envs import xla_guard
+
+xla_guard.apply()  # first, before jax starts (see envs.xla_guard)

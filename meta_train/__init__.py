@@ -1,2 +1,4 @@
 """Meta-training: the staggered population, the bandit, the compiled meta-update, the job CLI."""
-from envs import _xla_flags  # noqa: F401  (must precede jax)
+from envs import xla_guard
+
+xla_guard.apply()  # first, before jax starts (see envs.xla_guard)

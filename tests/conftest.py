@@ -8,4 +8,4 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="lpg-
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from envs import _xla_flags  # noqa: E402,F401  (sets XLA_FLAGS before jax is imported)
+import envs  # noqa: E402,F401  (applies envs.xla_guard before jax starts)

@@ -1,5 +1,8 @@
 """Chains, gymnax wrappers, registry, suites, dm_env adapter and reference returns."""
 import functools
+import os
+import subprocess
+import sys
 
 import dm_env
 import jax
@@ -241,3 +244,43 @@ def test_optimal_return_by_name():
   assert returns.optimal_return("tabular/sparse", params) == pytest.approx(1.0)
   assert returns.optimal_return("chain/long") == 1.0
   assert returns.optimal_return("Breakout") is None
+
+
+def test_normalised_score_is_vectorised_and_none_where_unknown():
+  ref = returns.reference_pair("tabular/dense")
+  opt, rnd = ref
+  got = returns.normalised_score("tabular/dense", [rnd, opt, (rnd + opt) / 2])
+  np.testing.assert_allclose(got, [0.0, 1.0, 0.5])
+  assert float(jax.jit(lambda v: returns.normalise(v, ref))(jnp.float32(opt))) == pytest.approx(1.0)
+  for name in ("Breakout", "random/dense", "no-such-env"):
+    assert returns.reference_pair(name) is None and returns.normalised_score(name, 1.0) is None
+
+
+def test_registry_is_a_read_only_table_and_suites_suggest():
+  assert set(envs.REGISTRY) == set(envs.list_envs())
+  with pytest.raises(TypeError):
+    envs.REGISTRY["mine"] = envs.REGISTRY["chain/short"]  # type: ignore[index]
+  assert envs.make("tabular/dense", num_actions=5).name == "tabular/dense"
+  with pytest.raises(ValueError, match="'tabular'"):
+    envs.suite("tabulr")
+
+
+def test_xla_guard_is_applied_once_and_keeps_user_flags(monkeypatch):
+  from envs import xla_guard
+  assert xla_guard.FLAG in os.environ["XLA_FLAGS"]  # applied by importing envs
+  assert xla_guard.apply() is False  # idempotent
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  jnp.ones(1).block_until_ready()  # the backend is up: too late here, and it says so.
+  with pytest.warns(RuntimeWarning, match="deadlock guard"):
+    assert xla_guard.apply() is True
+  assert os.environ["XLA_FLAGS"] == f"--xla_foo=1 {xla_guard.FLAG}=false"
+  monkeypatch.setenv("XLA_FLAGS", f"{xla_guard.FLAG}=true")
+  assert xla_guard.apply() is False and os.environ["XLA_FLAGS"] == f"{xla_guard.FLAG}=true"
+
+
+def test_importing_lpg_applies_the_xla_guard_in_a_fresh_process():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  code = "import os, lpg; print(os.environ['XLA_FLAGS'])"
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300, check=True)
+  assert out.stdout.strip() == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
