@@ -21,11 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from envs import _xla_flags  # noqa: F401,E402  (before jax)
+import envs  # noqa: E402  (first: applies envs.xla_guard before jax starts)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-import envs  # noqa: E402
 
 QUICK_ENVS = ("tabular/dense", "random/dense", "chain/short", "Breakout")
 
