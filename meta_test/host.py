@@ -71,7 +71,8 @@ class HostVecEnv(Protocol):
 
 # --------------------------------------------------------------------- dm_env
 def load_factory(spec: str) -> Callable[[], Any]:
-  """``"package.module:factory"`` -> the callable; ``UserError`` if not found, ``FactoryError`` if importing it fails."""
+  """``"package.module:factory"`` -> the callable; ``UserError`` if not found,
+  ``FactoryError`` if importing its module fails."""
   module_name, _, attr = spec.partition(":")
   if not module_name or not attr:
     raise UserError(f"--env {spec!r}: expected package.module:factory")
@@ -167,7 +168,10 @@ class AtariVec:
     except ImportError:
       raise MissingExtraError(f"--env atari/{game} needs ale-py; install it with "
                               f"{ATARI_INSTALL_HINT}") from None
-    from ale_py import roms
+    from ale_py import ALEInterface, LoggerMode, roms
+    # The ALE prints a two-line banner ("A.L.E: Arcade Learning Environment ...",
+    # "[Powered by Stella]") on stderr whenever it starts; errors must stay one line.
+    ALEInterface.setLoggerMode(LoggerMode.Error)
     rom = _snake(game)
     if rom not in roms.get_all_rom_ids():
       raise UserError(f"unknown Atari game {game!r} (ale-py ROM id {rom!r})")

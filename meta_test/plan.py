@@ -1,7 +1,7 @@
 """Planning a meta-test run: environment resolution, defaults and validation.
 
 ``make_plan(...)`` turns what a user asked for (``lpg-apply`` flags, or one run of
-``lpg-report``) into a ``Plan``: everything is decided, and every bad input refused with a
+``lpg-report``) into a ``RunPlan``: everything is decided, and every bad input refused with a
 ``lpg.cli.UserError``, before any training starts.  Defaults depend on the observation kind
 (``DEFAULTS``).
 """
@@ -124,7 +124,7 @@ def env_slug(name: str) -> str:
 
 # ------------------------------------------------------------------------- plan
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class RunPlan:
   """A validated run: everything decided before any training starts.
 
   Attributes:
@@ -167,7 +167,7 @@ def agent_dict(agent: AgentConfig) -> dict:
   return {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
 
 
-def hyperparameters(plan: Plan) -> dict:
+def hyperparameters(plan: RunPlan) -> dict:
   r = plan.run
   return {"optimizer": r.optimizer.name, "learning_rate": r.learning_rate,
           "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
@@ -187,8 +187,8 @@ def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) ->
 def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
-              seed: int = 0) -> Plan:
-  """Validates every input and returns the ``Plan``; ``UserError`` (or the artifact's and
+              seed: int = 0) -> RunPlan:
+  """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
   host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here."""
   _positive("--steps", steps)
   _positive("--seeds", seeds)
@@ -209,12 +209,11 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   d = DEFAULTS[source.obs_spec.kind]
   kind = agent or d.agent
   agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden)
-  if choice.rule is not None:
-    try:     # fails early for e.g. a tabular agent on images
-      make_agent_network(agent_config, source.obs_spec, source.num_actions,
-                         choice.rule.head_sizes())
-    except ValueError as e:
-      raise UserError(one_line(e)) from None
+  try:     # fails early for e.g. a tabular agent on images
+    make_agent_network(agent_config, source.obs_spec, source.num_actions,
+                       choice.rule.head_sizes() if choice.rule is not None else {})
+  except ValueError as e:
+    raise UserError(one_line(e)) from None
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
   b, t = int(num_envs or d.num_envs), int(rollout_len or d.rollout_len)
@@ -224,5 +223,5 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                                       else own.learning_rate),
                   alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
                   num_updates=max(1, math.ceil(int(steps) / (b * t))))
-  return Plan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
+  return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
               seed=int(seed))

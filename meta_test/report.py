@@ -31,7 +31,7 @@ import numpy as np
 import envs
 from lpg import cli
 from meta_test.algos import ALGOS, unknown_algo_message
-from meta_test.plan import Plan, env_slug, make_plan
+from meta_test.plan import RunPlan, env_slug, make_plan
 from meta_test.results import plot_curve_on, read_summary, write_json
 from meta_test.run import execute
 
@@ -215,8 +215,8 @@ def _parse_algos(text: str) -> list[str]:
   return algos
 
 
-def make_plans(args) -> list[Plan]:
-  """Validates the command line; returns the ``Plan`` of every (env, algo) run."""
+def make_plans(args) -> list[RunPlan]:
+  """Validates the command line; returns the ``RunPlan`` of every (env, algo) run."""
   algos = _parse_algos(args.algos)
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
@@ -247,7 +247,7 @@ def remove_report(out: str) -> None:
       os.remove(path)
 
 
-def reusable(plan: Plan) -> tuple[bool, str]:
+def reusable(plan: RunPlan) -> tuple[bool, str]:
   """Whether ``plan.out`` holds a finished run made with ``plan``'s settings, and why not."""
   s = read_summary(plan.out)
   if s is None:

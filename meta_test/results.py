@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from meta_test.plan import Plan, agent_dict, hyperparameters
+from meta_test.plan import RunPlan, agent_dict, hyperparameters
 from meta_test.train import RunResult
 
 FINAL_FRACTION = 0.1
@@ -128,7 +128,7 @@ def json_safe(value):
   return value
 
 
-def summarise(plan: Plan, result: RunResult, wall_time_s: float) -> dict:
+def summarise(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
   """The ``summary.json`` contract (strict JSON: NaN and infinities are null)."""
   per_seed, window = final_returns(result)
   learned = meta_params(result)
@@ -172,7 +172,7 @@ def read_summary(run_dir: str) -> dict | None:
     return None
 
 
-def write_run(plan: Plan, result: RunResult, wall_time_s: float) -> dict:
+def write_run(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
   """Writes ``curves.csv``, ``curve.png`` and, last (it marks completion),
   ``summary.json`` into ``plan.out``; returns the summary."""
   summary = summarise(plan, result, wall_time_s)

@@ -1,4 +1,4 @@
-"""Running a ``meta_test.plan.Plan``: compiled (registered envs) or the host loop."""
+"""Running a ``meta_test.plan.RunPlan``: compiled (registered envs) or the host loop."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,14 +9,14 @@ import jax
 
 from meta_test import host as host_lib
 from meta_test.algos import ALGOS
-from meta_test.plan import Plan
+from meta_test.plan import RunPlan
 from meta_test.results import write_run
 from meta_test.train import RunResult, run_seeds
 
 PROGRESS_CHUNKS = 20   # compiled runs report progress (and time steps/s) in this many chunks
 
 
-def train_plan(plan: Plan, progress: bool = True) -> RunResult:
+def train_plan(plan: RunPlan, progress: bool = True) -> RunResult:
   """Trains ``plan.seeds`` agents and returns their metrics ``[S, U]``."""
   total = plan.num_updates * (plan.seeds if plan.source.host else 1)
   bar = None
@@ -40,7 +40,7 @@ def train_plan(plan: Plan, progress: bool = True) -> RunResult:
       bar.close()
 
 
-def execute(plan: Plan, progress: bool = True) -> dict:
+def execute(plan: RunPlan, progress: bool = True) -> dict:
   """Trains, then writes ``summary.json``, ``curves.csv`` and ``curve.png`` into ``plan.out``;
   returns the summary."""
   t0 = time.perf_counter()

@@ -6,16 +6,14 @@ compiled runs happen once in module-scoped fixtures.
 import json
 import os
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
 
 from envs import _xla_flags  # noqa: F401
-from lpg.artifact import save_rule
-from lpg.rule import LPGConfig, LPGRule
 from meta_test import apply as apply_lib
 from meta_test import report as report_lib
+from tiny_rule import save_tiny_rule
 
 SUMMARY_KEYS = {"env", "algo", "steps", "seeds", "final_return_mean", "final_return_std", "rule",
                 "wall_time_s", "steps_per_s", "agent", "hyperparameters"}
@@ -25,10 +23,7 @@ BUDGET = {"chain/short": 40_000, "tabular/dense": 40_000}   # one report: one --
 
 @pytest.fixture(scope="module")
 def rule_path(tmp_path_factory):
-  config = LPGConfig(hidden=16, y_dim=8)
-  path = str(tmp_path_factory.mktemp("rule") / "rule.pkl")
-  save_rule(path, LPGRule(config).init(jax.random.PRNGKey(0)), config, {"note": "test rule"})
-  return path
+  return save_tiny_rule(tmp_path_factory.mktemp("rule") / "rule.pkl")
 
 
 @pytest.fixture(scope="module")

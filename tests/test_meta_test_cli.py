@@ -12,30 +12,22 @@ import pickle
 import subprocess
 import sys
 
-import jax
 import pandas as pd
 import pytest
 
-from lpg.artifact import save_rule
-from lpg.rule import LPGConfig, LPGRule
 from meta_test import apply as apply_lib
 from meta_test import report as report_lib
+from tiny_rule import save_tiny_rule
 
 TINY = ["--num-envs", "16", "--rollout-len", "20", "--quiet"]
 
 
 # ------------------------------------------------------------------ fixtures
-def _save(path, seed=0):
-  config = LPGConfig(hidden=16, y_dim=8)
-  save_rule(str(path), LPGRule(config).init(jax.random.PRNGKey(seed)), config, {"note": "test"})
-  return str(path)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
   """Rules good and bad, and the pre-existing things bad input must leave alone."""
   d = tmp_path_factory.mktemp("inputs")
-  good = _save(d / "rule.pkl")
+  good = save_tiny_rule(d / "rule.pkl")
   data = open(good, "rb").read()
 
   class Evil:
@@ -130,15 +122,6 @@ APPLY_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(APPLY_CASES))
-def test_apply_bad_input(capsys, files, case):
-  argv, needles = APPLY_CASES[case]
-  argv = [files["a_file"] + "/sub" if a == "@a_file/sub" else a for a in argv]
-  out = os.path.join(files["root"], "new-out")
-  _expect_one_line_error(capsys, apply_lib.main, "lpg-apply", _fill(argv, files, out) + TINY,
-                         needles, files)
-
-
 def test_apply_atari_missing_extra(capsys, files, monkeypatch):
   monkeypatch.setitem(sys.modules, "ale_py", None)  # as if ale-py were not installed
   _expect_one_line_error(capsys, apply_lib.main, "lpg-apply",
@@ -201,12 +184,18 @@ REPORT_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(REPORT_CASES))
-def test_report_bad_input(capsys, files, case):
-  argv, needles = REPORT_CASES[case]
-  out = os.path.join(files["root"], "new-report")
-  _expect_one_line_error(capsys, report_lib.main, "lpg-report", _fill(argv, files, out) + TINY,
-                         needles, files)
+MATRIX = ([("lpg-apply", name) for name in APPLY_CASES]
+          + [("lpg-report", name) for name in REPORT_CASES])
+
+
+@pytest.mark.parametrize("prog,case", MATRIX, ids=[f"{p}: {c}" for p, c in MATRIX])
+def test_bad_input(capsys, files, prog, case):
+  main, cases = ((apply_lib.main, APPLY_CASES) if prog == "lpg-apply"
+                 else (report_lib.main, REPORT_CASES))
+  argv, needles = cases[case]
+  argv = [files["a_file"] + "/sub" if a == "@a_file/sub" else a for a in argv]
+  out = os.path.join(files["root"], "new-out")
+  _expect_one_line_error(capsys, main, prog, _fill(argv, files, out) + TINY, needles, files)
 
 
 @pytest.mark.parametrize("prog,argv,needle", [
@@ -252,7 +241,7 @@ def test_report_resume_reruns_changed_settings(tmp_path, files, capsys):
   assert capsys.readouterr().err.count("other settings") == 2
   assert set(pd.read_csv(os.path.join(out, "report.csv"))["steps"]) == {960}
   # Another rule: lpg reruns, a2c (which does not use it) is reused.
-  other = _save(tmp_path / "other.pkl", seed=1)
+  other = save_tiny_rule(tmp_path / "other.pkl", seed=1)
   assert _report(out, "chain/short", "--resume", rule=other, steps="960") == 0
   err = capsys.readouterr().err
   assert "lpg: made with other settings" in err and "a2c: done already, reused" in err

@@ -5,15 +5,13 @@ Pinned with ``make_plan(env, algo, steps, 2, out, rule_path=<LPGConfig(hidden=16
 rule from PRNGKey(0)>, num_envs=B, rollout_len=T, seed=3)`` and ``train_plan``; float32
 sums and losses are compared exactly (the refactor must not change a single operation).
 """
-import jax
 import numpy as np
 import pytest
 
-from lpg.artifact import save_rule
-from lpg.rule import LPGConfig, LPGRule
 from meta_test.plan import make_plan
 from meta_test.results import final_returns
 from meta_test.run import train_plan
+from tiny_rule import save_tiny_rule
 
 # env, algo, steps, B, T -> final return per seed, return sum per seed, last loss per seed
 PINNED = {
@@ -30,10 +28,7 @@ PINNED = {
 
 @pytest.fixture(scope="module")
 def rule_path(tmp_path_factory):
-  config = LPGConfig(hidden=16, y_dim=8)
-  path = str(tmp_path_factory.mktemp("rule") / "rule.pkl")
-  save_rule(path, LPGRule(config).init(jax.random.PRNGKey(0)), config, {"note": "pin"})
-  return path
+  return save_tiny_rule(tmp_path_factory.mktemp("rule") / "rule.pkl")
 
 
 @pytest.mark.parametrize("case", list(PINNED), ids=lambda c: f"{c[0]}-{c[1]}")
