@@ -3,14 +3,15 @@
     python benchmarks/apply.py [--env Breakout] [--steps 200000] [--seeds 2]
                                [--rule artifact.pkl | --rule-hidden 256] [--chunks 10]
 
-Both algorithms run through ``meta_test.train`` (the compiled ``lpg-apply``
-path) with the defaults of ``meta_test.apply`` for the env's observation kind
+Both algorithms run through ``meta_test.train.make_train`` (the compiled ``lpg-apply``
+path) with the defaults of ``meta_test.plan`` for the env's observation kind
 (MinAtar: MLP 256x256 agent, Adam, 64 envs x 20 steps).  Steps/s exclude the
 first chunk (compilation).  Target: LPG's cost per step <= 1.5x A2C's.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -20,24 +21,22 @@ from envs import _xla_flags  # noqa: F401,E402
 import jax  # noqa: E402
 
 from lpg.rule import LPGConfig, LPGRule  # noqa: E402
-from meta_test import apply as apply_lib  # noqa: E402
 from meta_test.baselines import A2CRule  # noqa: E402
+from meta_test.plan import make_plan  # noqa: E402
+from meta_test.train import make_train, run_seeds  # noqa: E402
 
 
 def measure(env_name: str, algo: str, rule, params, steps: int, seeds: int, chunks: int,
             agent: str | None) -> dict:
-  plan = apply_lib.make_plan(env_name, "a2c", steps, seeds, "/nonexistent-benchmark-out",
-                             agent=agent)  # only for the defaults; nothing is written
-  hypers = apply_lib.make_hypers(plan.learning_rate, alpha_y=apply_lib.ALPHA_Y,
-                                 gamma=apply_lib.GAMMA)
-  fns = apply_lib.make_train_fns(plan.source.env, rule, params, plan.agent, plan.optimizer,
-                                 hypers, plan.num_envs, plan.rollout_len, plan.num_updates,
-                                 chunk=max(1, plan.num_updates // chunks))
-  res = apply_lib.run_seeds(fns, jax.random.split(jax.random.PRNGKey(0), seeds))
+  plan = make_plan(env_name, "a2c", steps, seeds, "/nonexistent-benchmark-out",
+                   agent=agent)  # only for the defaults; nothing is written
+  config = dataclasses.replace(plan.run, chunk=max(1, plan.num_updates // chunks))
+  fns = make_train(plan.source.env, config, rule, params)
+  res = run_seeds(fns, jax.random.split(jax.random.PRNGKey(0), seeds))
   return {"algo": algo, "steps_per_s": res.steps_per_s, "wall_s": res.run_s,
           "compile_s": res.chunk_s[0] - sum(res.chunk_s[1:]) / max(len(res.chunk_s) - 1, 1),
-          "agent": f"{plan.agent.kind}{list(plan.agent.hidden)}", "B": plan.num_envs,
-          "T": plan.rollout_len}
+          "agent": f"{config.agent.kind}{list(config.agent.hidden)}", "B": config.num_envs,
+          "T": config.rollout_len}
 
 
 def main(argv=None) -> int:

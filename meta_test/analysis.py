@@ -23,9 +23,8 @@ import envs
 from lpg.networks import AgentConfig
 from lpg.returns import batched_lambda_returns
 from lpg.rollout import unroll
-from lpg.rule import make_hypers
 from lpg.update import OptimizerConfig
-from meta_test.train import make_train_fns, run_seeds
+from meta_test.train import RunConfig, make_train, run_seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +77,12 @@ def probe_rule(env_name: str, rule, rule_params, config: ProbeConfig = ProbeConf
   env = envs.make(env_name)
   if env.obs_spec.kind != "index":
     raise ValueError(f"probe_rule needs a tabular (index-observation) env, got {env_name!r}")
-  hypers = make_hypers(config.learning_rate, gamma=config.gamma)
   b, t = config.num_envs, config.rollout_len
-  updates = max(1, config.steps // (b * t))
-  fns = make_train_fns(env, rule, rule_params, AgentConfig("tabular"), OptimizerConfig("sgd"),
-                       hypers, b, t, updates, chunk=updates)
+  run = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), config.learning_rate,
+                  gamma=config.gamma, num_envs=b, rollout_len=t,
+                  num_updates=max(1, config.steps // (b * t)))
+  hypers = run.hypers
+  fns = make_train(env, run, rule, rule_params)
   key, k_probe = jax.random.split(jax.random.PRNGKey(config.seed))
   res = run_seeds(fns, key[None])
   state = jax.tree_util.tree_map(lambda x: x[0], res.state)

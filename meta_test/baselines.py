@@ -49,6 +49,18 @@ class A2CConfig:
       raise ValueError("A2CConfig.value_coef and entropy_coef must be >= 0")
 
 
+def a2c_targets(rollout: Rollout, v: jax.Array, gamma, lambda_) -> tuple[jax.Array, jax.Array]:
+  """GAE(``lambda_``) advantages and their value targets, both ``[T, B]``.
+
+  ``v`` ``[T+1, B]`` are the agent's values (stop-gradient them for plain A2C);
+  discounts ``gamma * rollout.bootstrap_mask`` ``[T, B]`` (no bootstrap across an
+  episode end); returns ``(adv, adv + v[:-1])``.
+  """
+  discount = gamma * rollout.bootstrap_mask                              # [T, B]
+  adv = batched_gae(rollout.rewards, discount, v, lambda_)
+  return adv, adv + v[:-1]
+
+
 class A2CRule(UpdateRule):
   """Advantage actor-critic as an update rule.
 
@@ -71,10 +83,8 @@ class A2CRule(UpdateRule):
   def targets(self, params: PyTree, rollout: Rollout, agent_out: AgentOutputs,
               hypers: InnerHypers) -> RuleOutputs:
     del params
-    v = sg(agent_out.heads["v"])                                        # [T+1, B]
-    discount = hypers.gamma * rollout.bootstrap_mask                     # [T, B]
-    adv = batched_gae(rollout.rewards, discount, v, self.config.gae_lambda)
-    returns = adv + v[:-1]
+    adv, returns = a2c_targets(rollout, sg(agent_out.heads["v"]), hypers.gamma,
+                               self.config.gae_lambda)
     if self.config.normalize_advantages:
       adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     return RuleOutputs(pi_hat=sg(adv), y_hat=None, extras={"returns": sg(returns)})
@@ -108,5 +118,3 @@ class RandomRule(UpdateRule):
     loss = 0.0 * jnp.sum(agent_out.logits)
     return loss, {}
 
-
-BASELINES = {"a2c": A2CRule, "random": RandomRule}

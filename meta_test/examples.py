@@ -17,3 +17,8 @@ def chain_short(seed: int = 0):
 def not_an_env():
   """Returns something that is not a ``dm_env.Environment`` (for tests)."""
   return object()
+
+
+def raising(seed: int = 0):
+  """A factory that always raises (for tests of a failing ``--env`` factory)."""
+  raise RuntimeError(f"this factory always fails (seed {seed})")

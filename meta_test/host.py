@@ -22,17 +22,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.base import ObsSpec
-from lpg.networks import AgentConfig, make_agent_network
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.cli import UserError, one_line
+from lpg.networks import make_agent_network
+from lpg.rule import UpdateRule
 from lpg.types import PyTree, Rollout
-from lpg.update import OptimizerConfig, inner_update, make_optimizer
-from meta_test.train import RunResult, UpdateMetrics
+from lpg.update import inner_update, make_optimizer
+from meta_test.train import RunConfig, RunResult, UpdateMetrics
 
 ATARI_INSTALL_HINT = 'pip install -e ".[atari]"'
 
 
 class MissingExtraError(ImportError):
   """An optional dependency is not installed; the message says how to install it."""
+
+
+class FactoryError(UserError):
+  """A user's ``--env module:factory`` failed (raised, or needs arguments); the cause
+  (the user's own traceback) is chained and shown under ``--debug``."""
+
+
+def call_factory(factory: Callable[[], Any], name: str, what: str = "the factory") -> Any:
+  """``factory()``, turning anything it raises into one ``FactoryError`` line."""
+  try:
+    return factory()
+  except Exception as e:  # noqa: BLE001  (the user's code may raise anything)
+    raise FactoryError(f"--env {name}: {what} failed ({type(e).__name__}: {one_line(e)}); "
+                       "it must build a dm_env.Environment when called with no arguments "
+                       "(or only seed=); rerun with --debug for its traceback") from e
 
 
 class HostVecEnv(Protocol):
@@ -55,17 +71,22 @@ class HostVecEnv(Protocol):
 
 # --------------------------------------------------------------------- dm_env
 def load_factory(spec: str) -> Callable[[], Any]:
-  """``"package.module:factory"`` -> the callable; ``ValueError`` if not found."""
+  """``"package.module:factory"`` -> the callable; ``UserError`` if not found,
+  ``FactoryError`` if importing its module fails."""
   module_name, _, attr = spec.partition(":")
   if not module_name or not attr:
-    raise ValueError(f"--env {spec!r}: expected package.module:factory")
+    raise UserError(f"--env {spec!r}: expected package.module:factory")
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
-    raise ValueError(f"--env {spec!r}: cannot import module {module_name!r} ({e})") from None
+    raise UserError(f"--env {spec!r}: cannot import module {module_name!r} ({e})") from None
+  except Exception as e:  # noqa: BLE001  (importing the user's module ran their code)
+    raise FactoryError(f"--env {spec!r}: importing {module_name!r} failed "
+                       f"({type(e).__name__}: {one_line(e)}); rerun with --debug for its "
+                       "traceback") from e
   factory = getattr(module, attr, None)
   if not callable(factory):
-    raise ValueError(f"--env {spec!r}: module {module_name!r} has no callable {attr!r}")
+    raise UserError(f"--env {spec!r}: module {module_name!r} has no callable {attr!r}")
   return factory
 
 
@@ -75,8 +96,8 @@ def obs_spec_from_dm_env(spec) -> ObsSpec:
   if isinstance(spec, specs.DiscreteArray):
     return ObsSpec(shape=(), dtype=np.int32, kind="index", num_values=int(spec.num_values))
   if not isinstance(spec, specs.Array):
-    raise ValueError("only environments with a single array observation are supported, "
-                     f"got {type(spec).__name__}")
+    raise UserError("only environments with a single array observation are supported, "
+                    f"got {type(spec).__name__}")
   kind = "image" if len(spec.shape) == 3 else "vector"
   return ObsSpec(shape=tuple(spec.shape), dtype=np.float32, kind=kind)
 
@@ -89,17 +110,18 @@ class DmEnvVec:
     from dm_env import specs
     self.name = name
     self.num_envs = num_envs
-    self.envs = [factory() for _ in range(num_envs)]
+    self.envs = [call_factory(factory, name) for _ in range(num_envs)]
     first = self.envs[0]
     if not isinstance(first, dm_env.Environment):
-      raise ValueError(f"--env {name!r}: the factory returned {type(first).__name__}, "
-                       "not a dm_env.Environment")
-    action_spec = first.action_spec()
+      raise UserError(f"--env {name!r}: the factory returned {type(first).__name__}, "
+                      "not a dm_env.Environment")
+    action_spec = call_factory(first.action_spec, name, "action_spec()")
     if not isinstance(action_spec, specs.DiscreteArray):
-      raise ValueError(f"--env {name!r}: only discrete actions (a DiscreteArray action spec) "
-                       "are supported")
+      raise UserError(f"--env {name!r}: only discrete actions (a DiscreteArray action spec) "
+                      "are supported")
     self.num_actions = int(action_spec.num_values)
-    self.obs_spec = obs_spec_from_dm_env(first.observation_spec())
+    self.obs_spec = obs_spec_from_dm_env(call_factory(first.observation_spec, name,
+                                                      "observation_spec()"))
 
   def _obs(self, ts) -> np.ndarray:
     return np.asarray(ts.observation, self.obs_spec.dtype)
@@ -146,10 +168,13 @@ class AtariVec:
     except ImportError:
       raise MissingExtraError(f"--env atari/{game} needs ale-py; install it with "
                               f"{ATARI_INSTALL_HINT}") from None
-    from ale_py import roms
+    from ale_py import ALEInterface, LoggerMode, roms
+    # The ALE prints a two-line banner ("A.L.E: Arcade Learning Environment ...",
+    # "[Powered by Stella]") on stderr whenever it starts; errors must stay one line.
+    ALEInterface.setLoggerMode(LoggerMode.Error)
     rom = _snake(game)
     if rom not in roms.get_all_rom_ids():
-      raise ValueError(f"unknown Atari game {game!r} (ale-py ROM id {rom!r})")
+      raise UserError(f"unknown Atari game {game!r} (ale-py ROM id {rom!r})")
     self.name = f"atari/{game}"
     self.num_envs = num_envs
     self.seed = seed
@@ -177,34 +202,37 @@ class AtariVec:
 
 
 def check_atari_available(game: str) -> None:
-  """Raises ``MissingExtraError`` if ale-py is missing, ``ValueError`` for an unknown game."""
+  """Raises ``MissingExtraError`` if ale-py is missing, ``UserError`` for an unknown game."""
   try:
     from ale_py import roms
   except ImportError:
     raise MissingExtraError(f"--env atari/{game} needs ale-py; install it with "
                             f"{ATARI_INSTALL_HINT}") from None
   if _snake(game) not in roms.get_all_rom_ids():
-    raise ValueError(f"unknown Atari game {game!r} (ale-py ROM id {_snake(game)!r})")
+    raise UserError(f"unknown Atari game {game!r} (ale-py ROM id {_snake(game)!r})")
 
 
 # ----------------------------------------------------------------- the loop
-def host_train(make_vec: Callable[[int], HostVecEnv], rule: UpdateRule, rule_params: PyTree,
-               agent_config: AgentConfig, optimizer_config: OptimizerConfig,
-               hypers: InnerHypers, num_envs: int, rollout_len: int, num_updates: int,
-               seeds: list[int], progress: Callable[[int], None] | None = None) -> RunResult:
+def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: UpdateRule,
+               rule_params: PyTree, seeds: list[int],
+               progress: Callable[[int], None] | None = None) -> RunResult:
   """Trains one agent per seed on host environments; metrics as ``run_seeds``.
 
   Args:
-    make_vec: ``seed -> HostVecEnv`` with ``num_envs`` environments.
+    make_vec: ``seed -> HostVecEnv`` with ``config.num_envs`` environments.
+    config: agent, optimiser, hyperparameters, ``B``, ``T``, ``U`` (``chunk`` unused).
+    rule, rule_params: the update rule and its frozen parameters.
     seeds: integer seeds (agent init, action sampling and env seeding).
     progress: called with 1 after each update.
   Returns:
     ``RunResult`` with ``UpdateMetrics`` ``[S, U]`` (``state`` is None).
   """
   t_start = time.perf_counter()
+  num_envs, rollout_len, num_updates = config.num_envs, config.rollout_len, config.num_updates
+  hypers = config.hypers
   vec0 = make_vec(seeds[0])
-  net = make_agent_network(agent_config, vec0.obs_spec, vec0.num_actions, rule.head_sizes())
-  optimizer = make_optimizer(optimizer_config)
+  net = make_agent_network(config.agent, vec0.obs_spec, vec0.num_actions, rule.head_sizes())
+  optimizer = make_optimizer(config.optimizer)
 
   @jax.jit
   def act(params, obs, key):
@@ -249,13 +277,13 @@ def host_train(make_vec: Callable[[int], HostVecEnv], rule: UpdateRule, rule_par
                         rewards=np.stack(rew_buf).astype(np.float32),
                         terminated=np.stack(term_buf), truncated=np.stack(trunc_buf))
       params, opt_state, loss = update(params, opt_state, rollout)
-      rows.append((ret_sum, count, raw_sum, float(loss), np.nan))
+      rows.append((ret_sum, count, raw_sum, float(loss), np.nan, 0.0))
       chunk_s.append(time.perf_counter() - t0)
       if progress is not None:
         progress(1)
     all_metrics.append(np.asarray(rows, np.float64))
-  stacked = np.stack(all_metrics)                                   # [S, U, 5]
-  metrics = UpdateMetrics(*[stacked[..., j] for j in range(5)])
+  stacked = np.stack(all_metrics)                                   # [S, U, 6]
+  metrics = UpdateMetrics(*[stacked[..., j] for j in range(6)], meta_params={})
   return RunResult(metrics=metrics, state=None, chunk_s=tuple(chunk_s),
                    chunk_updates=tuple([1] * len(chunk_s)), run_s=time.perf_counter() - t_start,
                    steps_per_update=num_envs * rollout_len, seeds_per_chunk=1)

@@ -17,8 +17,9 @@ logit (so both stay in (0, 1)).  One iteration (online cross-validation):
    included), and an Adam step on the logits.
 5. ``tau'`` is the next iteration's ``tau``: no samples are spent on the meta step.
 
-In the compiled loop (``make_mgrl_train_fns``) an iteration is laid out like
-A2C's (``meta_test.train``): collect a rollout with the current ``theta``, then
+In the compiled loop (``make_mgrl_train``: ``meta_test.train.make_train`` with the
+meta-step ``make_mgrl_hook``) an iteration is laid out like
+A2C's: collect a rollout with the current ``theta``, then
 update ``theta`` on it.  The meta step sits between the two: it scores the
 current ``theta`` (produced by the previous iteration's update) on the rollout
 just collected, differentiating through the previous update, recomputed from
@@ -46,13 +47,12 @@ import optax
 
 from envs.base import Environment, ObsSpec
 from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
-from lpg.returns import batched_gae, batched_lambda_returns
-from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
+from lpg.returns import batched_lambda_returns
+from lpg.rule import InnerHypers, UpdateRule, log_prob
 from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
-from lpg.update import OptimizerConfig, inner_update, make_optimizer
-from meta_test.baselines import A2CConfig, A2CRule
-from meta_test.train import TrainFns
+from lpg.update import inner_update, make_optimizer
+from meta_test.baselines import A2CConfig, A2CRule, a2c_targets
+from meta_test.train import MetaHook, MetaOut, RunConfig, TrainFns, make_train
 
 sg = jax.lax.stop_gradient
 _A2C = A2CConfig()
@@ -183,10 +183,8 @@ class MGRLRule(UpdateRule):
   def targets(self, params: Eta, rollout: Rollout, agent_out: AgentOutputs,
               hypers: InnerHypers) -> RuleOutputs:
     del hypers
-    v = sg(agent_out.heads["v"])                                        # [T+1, B]
-    discount = params.gamma * rollout.bootstrap_mask                     # [T, B]
-    adv = batched_gae(rollout.rewards, discount, v, params.lambda_)      # [T, B]
-    return RuleOutputs(pi_hat=adv, y_hat=None, extras={"returns": adv + v[:-1]})
+    adv, returns = a2c_targets(rollout, sg(agent_out.heads["v"]), params.gamma, params.lambda_)
+    return RuleOutputs(pi_hat=adv, y_hat=None, extras={"returns": returns})
 
   def agent_loss(self, agent_out, targets, rollout, hypers):
     return self._a2c.agent_loss(agent_out, targets, rollout, hypers)
@@ -248,14 +246,14 @@ def make_mgrl_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
 
 
 # -------------------------------------------------------------- the meta-gradient
-class MetaProblem(NamedTuple):
+class MGRLProblem(NamedTuple):
   """Static pieces of one meta step (hashable callables and configs)."""
   rule: MGRLRule
   net: EtaNetwork
   optimizer: optax.GradientTransformation
 
 
-def meta_loss(problem: MetaProblem, eta: Eta, agent_params: PyTree, opt_state: PyTree,
+def meta_loss(problem: MGRLProblem, eta: Eta, agent_params: PyTree, opt_state: PyTree,
               rollout: Rollout, next_rollout: Rollout, hypers: InnerHypers,
               net_eta: jax.Array | None = None, target_params: PyTree | None = None
               ) -> tuple[jax.Array, dict]:
@@ -298,138 +296,76 @@ def finite_or_zero(grads: PyTree) -> PyTree:
 
 
 # -------------------------------------------------------------------- training
-class MGRLState(NamedTuple):
-  """What one seed carries between iterations (leading ``[S]`` dim when vmapped).
+class MGRLMeta(NamedTuple):
+  """The meta-step's state (``RunState.meta``; leading ``[S]`` dim when vmapped).
 
   ``prev_*`` are the inputs of the previous iteration's agent update (the one
   the next meta step differentiates through).
   """
-  agent_params: PyTree
-  opt_state: PyTree
   eta: Eta
   meta_opt_state: PyTree
   prev_params: PyTree
   prev_opt_state: PyTree
   prev_rollout: Rollout
   prev_eta_values: jax.Array
-  env_params: PyTree
-  env: EnvCarry
-  key: jax.Array
-
-
-class MGRLMetrics(NamedTuple):
-  """Per-iteration metrics; ``[U]`` per seed (``[S, U]`` vmapped).
-
-  The first five are ``meta_test.train.UpdateMetrics``'s; then ``gamma`` and
-  ``lambda_`` used by the iteration's agent update (after its meta step) and
-  ``meta_loss``, the reference loss scored by the meta step (0 at iteration 0,
-  which has no previous update to score).
-  """
-  return_sum: jax.Array
-  episodes: jax.Array
-  reward_sum: jax.Array
-  loss: jax.Array
-  entropy: jax.Array
-  gamma: jax.Array
-  lambda_: jax.Array
-  meta_loss: jax.Array
 
 
 def make_meta_optimizer(config: MGRLConfig) -> optax.GradientTransformation:
   return optax.adam(config.meta_lr, eps=config.meta_adam_eps)
 
 
-def make_mgrl_train_fns(env: Environment, rule: MGRLRule, rule_params: PyTree,
-                        agent_config: AgentConfig, optimizer_config: OptimizerConfig,
-                        hypers: InnerHypers, num_envs: int, rollout_len: int, num_updates: int,
-                        chunk: int | None = None, env_params: PyTree | None = None) -> TrainFns:
-  """``meta_test.train.make_train_fns`` for meta-gradient RL (same arguments).
+def make_mgrl_hook(env: Environment, config: RunConfig, rule: MGRLRule) -> MetaHook:
+  """The meta-step of ``make_train`` for meta-gradient RL (module docstring, steps 1-5).
 
-  ``rule`` is an ``MGRLRule`` (its config holds every mgrl setting);
-  ``rule_params`` is ignored (the logits start at ``init_eta(rule.config)``).
-  ``run_chunk`` returns ``(MGRLState, MGRLMetrics [chunk])``; works with
-  ``meta_test.train.run_seeds``.
+  The agent network is conditioned on ``(gamma, lambda)`` when ``rule.config.eta_input``;
+  the rule parameters of each update are the new ``eta``; ``MetaOut.params`` logs
+  ``gamma`` and ``lambda`` as used by the update.
   """
-  del rule_params
-  for name, value in (("num_envs", num_envs), ("rollout_len", rollout_len),
-                      ("num_updates", num_updates)):
-    if int(value) < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}")
   cfg = rule.config
-  chunk = int(num_updates if chunk is None else min(max(int(chunk), 1), num_updates))
-  eta_net = make_mgrl_network(agent_config, env.obs_spec, env.num_actions, rule.head_sizes(),
+  eta_net = make_mgrl_network(config.agent, env.obs_spec, env.num_actions, rule.head_sizes(),
                               cfg.eta_input)
-  optimizer = make_optimizer(optimizer_config)
   meta_opt = make_meta_optimizer(cfg)
-  problem = MetaProblem(rule, eta_net, optimizer)
+  problem = MGRLProblem(rule, eta_net, make_optimizer(config.optimizer))
+  hypers, t, b = config.hypers, config.rollout_len, config.num_envs
   eta0 = init_eta(cfg)
 
-  def init(key: jax.Array) -> MGRLState:
-    k_env, k_reset, k_agent, k_run = jax.random.split(key, 4)
-    ep = env.sample_params(k_env) if env_params is None else env_params
-    params = eta_net.init(k_agent)
-    opt_state = optimizer.init(params)
-    carry = reset_envs(env, ep, k_reset, num_envs)
+  def init(agent_params, opt_state, carry) -> MGRLMeta:
     # A placeholder previous rollout (never used: iteration 0 skips the meta step).
-    obs = jnp.broadcast_to(carry.obs[None], (rollout_len + 1,) + carry.obs.shape)
-    zeros = jnp.zeros((rollout_len, num_envs))
+    obs = jnp.broadcast_to(carry.obs[None], (t + 1,) + carry.obs.shape)
+    zeros = jnp.zeros((t, b))
     dummy = Rollout(obs=obs, actions=zeros.astype(jnp.int32), rewards=zeros,
                     terminated=zeros.astype(bool), truncated=zeros.astype(bool))
-    return MGRLState(agent_params=params, opt_state=opt_state, eta=eta0,
-                     meta_opt_state=meta_opt.init(eta0), prev_params=params,
-                     prev_opt_state=opt_state, prev_rollout=dummy,
-                     prev_eta_values=eta0.values(), env_params=ep, env=carry, key=k_run)
+    return MGRLMeta(eta=eta0, meta_opt_state=meta_opt.init(eta0), prev_params=agent_params,
+                    prev_opt_state=opt_state, prev_rollout=dummy, prev_eta_values=eta0.values())
 
-  def meta_step(state: MGRLState, rollout: Rollout):
+  def meta_step(meta: MGRLMeta, rollout: Rollout):
     def loss_fn(eta):
-      return meta_loss(problem, eta, state.prev_params, state.prev_opt_state,
-                       state.prev_rollout, rollout, hypers, state.prev_eta_values)
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.eta)
-    grads = finite_or_zero(grads)
-    updates, meta_opt_state = meta_opt.update(grads, state.meta_opt_state, state.eta)
-    return optax.apply_updates(state.eta, updates), meta_opt_state, loss
+      return meta_loss(problem, eta, meta.prev_params, meta.prev_opt_state, meta.prev_rollout,
+                       rollout, hypers, meta.prev_eta_values)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(meta.eta)
+    updates, meta_opt_state = meta_opt.update(finite_or_zero(grads), meta.meta_opt_state, meta.eta)
+    return optax.apply_updates(meta.eta, updates), meta_opt_state, loss
 
-  def no_meta_step(state: MGRLState, rollout: Rollout):
+  def no_meta_step(meta: MGRLMeta, rollout: Rollout):
     del rollout
-    return state.eta, state.meta_opt_state, jnp.zeros((), jnp.float32)
+    return meta.eta, meta.meta_opt_state, jnp.zeros((), jnp.float32)
 
-  def update(state: MGRLState, i: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
-    key, k_roll = jax.random.split(state.key)
-    params = state.agent_params
-    net_old = eta_net.bind(state.eta.values())
-    rollout, carry, stats = unroll(env, state.env_params, lambda o: net_old.apply(params, o).logits,
-                                   state.env, k_roll, rollout_len)
+  def step(meta: MGRLMeta, i, agent_params, opt_state, rollout):
     # The predicate is not batched over seeds (``i`` is shared): a real branch under vmap.
-    eta, meta_opt_state, m_loss = jax.lax.cond(i > 0, meta_step, no_meta_step, state, rollout)
-    eta_values = eta.values()
-    net = eta_net.bind(eta_values)
-    res = inner_update(rule, eta, net, optimizer, params, state.opt_state, rollout, hypers)
-    ent = jnp.mean(entropy_from_logits(net_old.apply(params, rollout.obs[:-1]).logits))
-    metrics = MGRLMetrics(return_sum=stats.return_sum, episodes=stats.count,
-                          reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],
-                          entropy=ent, gamma=eta_values[0], lambda_=eta_values[1],
-                          meta_loss=m_loss.astype(jnp.float32))
-    new = MGRLState(agent_params=res.params, opt_state=res.opt_state, eta=eta,
-                    meta_opt_state=meta_opt_state, prev_params=params,
-                    prev_opt_state=state.opt_state, prev_rollout=rollout,
-                    prev_eta_values=eta_values, env_params=state.env_params, env=carry, key=key)
-    return new, metrics
+    eta, meta_opt_state, loss = jax.lax.cond(i > 0, meta_step, no_meta_step, meta, rollout)
+    values = eta.values()
+    new = MGRLMeta(eta=eta, meta_opt_state=meta_opt_state, prev_params=agent_params,
+                   prev_opt_state=opt_state, prev_rollout=rollout, prev_eta_values=values)
+    return new, MetaOut(rule_params=eta, loss=loss,
+                        params={"gamma": values[0], "lambda": values[1]})
 
-  def skip(state: MGRLState, i: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
-    del i
-    z = jnp.zeros((), jnp.float32)
-    return state, MGRLMetrics(z, z, z, z, z, z, z, z)
+  return MetaHook(net=eta_net.bind(eta0.values()),
+                  net_at=lambda meta: eta_net.bind(meta.eta.values()), init=init, step=step)
 
-  def run_chunk(state: MGRLState, offset: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
-    def body(s, i):
-      if chunk * math.ceil(num_updates / chunk) == num_updates:
-        return update(s, i)
-      return jax.lax.cond(i < num_updates, update, skip, s, i)
-    return jax.lax.scan(body, state, offset + jnp.arange(chunk))
 
-  def train(key: jax.Array) -> tuple[MGRLState, MGRLMetrics]:
-    return jax.lax.scan(update, init(key), jnp.arange(num_updates))
-
-  return TrainFns(init=init, run_chunk=run_chunk, train=train, net=eta_net.bind(eta0.values()),
-                  chunk=chunk, num_updates=int(num_updates),
-                  steps_per_update=int(num_envs * rollout_len))
+def make_mgrl_train(env: Environment, config: RunConfig, rule: MGRLRule,
+                    env_params: PyTree | None = None) -> TrainFns:
+  """``meta_test.train.make_train`` with the mgrl meta-step; ``rule.config`` holds every
+  mgrl setting and the logits start at ``init_eta(rule.config)``."""
+  return make_train(env, config, rule, None, env_params=env_params,
+                    meta_hook=make_mgrl_hook(env, config, rule))

@@ -3,12 +3,15 @@
 ::
 
   lpg-report --rule R --suite train|minatar|<comma list> --algos lpg,a2c[,random][,mgrl]
-             --steps N --seeds S --out DIR [--resume] [--overwrite]
+             --steps N --seeds S --out DIR [--resume | --overwrite] [--debug]
 
-Runs every (env, algo) with ``meta_test.apply`` into ``DIR/runs/<env>/<algo>/``
-(with ``--resume`` a run whose ``summary.json`` exists is skipped), then writes
-``DIR/report.csv``, ``DIR/report.md`` (one row per (env, algo)),
-``DIR/scores.png`` (bar chart) and ``DIR/curves.png`` (learning-curve grid).
+Runs every (env, algo) with ``meta_test.run`` into ``DIR/runs/<env>/<algo>/``, then writes
+``DIR/report.csv``, ``DIR/report.md`` (one row per (env, algo)), ``DIR/scores.png`` (bar
+chart), ``DIR/curves.png`` (learning-curve grid) and ``DIR/runs.json`` (the runs the report
+is made of).  A report contains only runs made with its own settings: ``--resume`` reuses a
+finished run only when its settings (steps, seeds, agent, hyperparameters, the algorithm's
+settings, the rule's checksum) match, and reruns it otherwise; ``--overwrite`` first removes
+the earlier report and its runs.
 
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
@@ -17,22 +20,27 @@ Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
 
-from meta_test import apply as apply_lib
-import envs  # noqa: E402
-from lpg.artifact import load_rule  # noqa: E402
-from meta_test.host import MissingExtraError  # noqa: E402
+import envs
+from lpg import cli
+from meta_test.algos import ALGOS, unknown_algo_message
+from meta_test.plan import RunPlan, env_slug, make_plan
+from meta_test.results import plot_curve_on, read_summary, write_json
+from meta_test.run import execute
 
+PROG = "lpg-report"
 SUITE_ALIASES = {"train": "all"}
 COLUMNS = ["env", "algo", "final_return_mean", "final_return_std", "normalised_score",
            "ratio_to_a2c", "a2c_relative", "seeds", "steps", "steps_per_s", "wall_time_s"]
+MANIFEST = "runs.json"
+OUTPUTS = ("runs", MANIFEST, "report.csv", "report.md", "scores.png", "curves.png")
 
 
 def resolve_suite(suite: str) -> list[str]:
@@ -43,27 +51,38 @@ def resolve_suite(suite: str) -> list[str]:
     return list(envs.SUITES[name])
   names = [n.strip() for n in suite.split(",") if n.strip()]
   if not names:
-    raise apply_lib.UsageError("--suite is empty")
+    raise cli.UserError("--suite is empty; give a suite name or a comma list of env names")
   for n in names:
-    if not (n.startswith("atari/") or ":" in n):
-      envs.make(n)  # ValueError with a close-match suggestion
+    if n.startswith("atari/") or ":" in n:
+      continue
+    try:
+      envs.make(n)
+    except ValueError as e:   # a close-match suggestion; a single word may be a suite
+      suites = ", ".join(sorted(set(envs.SUITES) | set(SUITE_ALIASES)))
+      hint = f"; suites: {suites}" if len(names) == 1 else ""
+      raise cli.UserError(f"--suite: {cli.one_line(e)}{hint}") from None
   return names
 
 
 def run_dir(out: str, env: str, algo: str) -> str:
-  return os.path.join(out, "runs", apply_lib.env_slug(env), algo)
+  return os.path.join(out, "runs", env_slug(env), algo)
 
 
+# ------------------------------------------------------------------------ table
 def load_summaries(out: str) -> list[dict]:
-  """Every ``summary.json`` under ``out/runs`` (with the run's directory as ``dir``)."""
+  """The summaries of the report's runs (those listed in ``out/runs.json``), each with its
+  run directory as ``dir``; runs whose settings changed since are left out."""
+  try:
+    with open(os.path.join(out, MANIFEST)) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError):
+    return []
   found = []
-  root = os.path.join(out, "runs")
-  for dirpath, _, files in sorted(os.walk(root)):
-    if "summary.json" in files:
-      with open(os.path.join(dirpath, "summary.json")) as f:
-        s = json.load(f)
-      s["dir"] = dirpath
-      found.append(s)
+  for entry in manifest:
+    d = os.path.join(out, entry["dir"])
+    s = read_summary(d)
+    if s is not None and s.get("settings_key") == entry["settings_key"]:
+      found.append(dict(s, dir=d))
   return found
 
 
@@ -101,17 +120,17 @@ def to_markdown(df, floatfmt: str = "{:.3g}") -> str:
   return "\n".join([head, sep] + body) + "\n"
 
 
+# ------------------------------------------------------------------------ plots
 def plot_scores(df, path: str) -> None:
   """Grouped bars per env: normalised score where every row has one, else final return."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
   use_norm = df["normalised_score"].notna().all() and len(df)
   col = "normalised_score" if use_norm else "final_return_mean"
   env_names = list(dict.fromkeys(df["env"]))
   algos = list(dict.fromkeys(df["algo"]))
   width = 0.8 / max(len(algos), 1)
-  fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(env_names) + 2), 4))
+  fig = Figure(figsize=(max(4, 1.2 * len(env_names) + 2), 4))
+  ax = fig.subplots()
   x = np.arange(len(env_names))
   for i, algo in enumerate(algos):
     sub = df[df["algo"] == algo].set_index("env")
@@ -123,36 +142,34 @@ def plot_scores(df, path: str) -> None:
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def plot_curves(summaries: list[dict], path: str) -> None:
   """One subplot per env, one line (mean, min..max shading) per algo."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
   import pandas as pd
   env_names = sorted({s["env"] for s in summaries})
   n = max(len(env_names), 1)
   cols = min(4, n)
   rows = math.ceil(n / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+  fig = Figure(figsize=(4 * cols, 3 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax, env in zip(axes.flat, env_names):
     for s in sorted((s for s in summaries if s["env"] == env), key=lambda s: s["algo"]):
       csv = os.path.join(s["dir"], "curves.csv")
       if os.path.exists(csv):
-        apply_lib.plot_curve_on(ax, pd.read_csv(csv), label=s["algo"])
+        plot_curve_on(ax, pd.read_csv(csv), label=s["algo"])
     ax.set_title(env)
     ax.legend(fontsize=7)
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=90)
-  plt.close(fig)
 
 
 def write_report(out: str):
-  """Collects ``out/runs/*/*/summary.json`` into the table files and plots; returns the table."""
+  """Collects the report's runs (``out/runs.json``) into the table files and plots; returns
+  the table."""
   summaries = load_summaries(out)
   df = build_table(summaries)
   df.to_csv(os.path.join(out, "report.csv"), index=False)
@@ -164,79 +181,110 @@ def write_report(out: str):
   return df
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = apply_lib._Parser(prog="lpg-report", description=__doc__.split("\n\n")[0])
+# -------------------------------------------------------------------------- CLI
+def build_parser() -> cli.Parser:
+  p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
   p.add_argument("--rule", help="rule artifact (.pkl); needed when --algos has lpg")
   p.add_argument("--suite", default="train",
                  help="train (15 meta-training envs), minatar, another envs.SUITES name, "
                       "or a comma-separated list of env names")
-  p.add_argument("--algos", default="lpg,a2c", help="comma list of lpg, a2c, random, mgrl")
-  p.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed per run")
-  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--algos", default="lpg,a2c", help=f"comma list of {', '.join(ALGOS)}")
+  p.add_argument("--steps", type=cli.positive_int, default=1_000_000,
+                 help="env steps per seed per run (default 1e6)")
+  p.add_argument("--seeds", type=cli.positive_int, default=3)
   p.add_argument("--out", required=True, help="report directory")
-  p.add_argument("--resume", action="store_true", help="skip runs whose summary.json exists")
-  p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+  p.add_argument("--resume", action="store_true",
+                 help="reuse finished runs whose settings match; rerun the others")
+  p.add_argument("--overwrite", action="store_true",
+                 help="remove an earlier report in --out (its runs included) first")
   p.add_argument("--agent", default=None, help="force an agent kind for every env")
-  p.add_argument("--num-envs", type=int, default=None)
-  p.add_argument("--rollout-len", type=int, default=None)
+  p.add_argument("--num-envs", type=cli.positive_int, default=None)
+  p.add_argument("--rollout-len", type=cli.positive_int, default=None)
   p.add_argument("--quiet", action="store_true")
+  p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
   return p
 
 
-def make_plans(args) -> list[tuple[str, str, object]]:
-  """Validates the command line; returns ``(env, algo, plan or None if done)`` per run."""
-  if args.steps is None or args.steps < 1:
-    raise apply_lib.UsageError(f"--steps must be a positive integer, got {args.steps}")
-  if args.seeds is None or args.seeds < 1:
-    raise apply_lib.UsageError(f"--seeds must be a positive integer, got {args.seeds}")
-  algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-  bad = [a for a in algos if a not in apply_lib.ALGOS]
-  if bad or not algos:
-    raise apply_lib.UsageError(f"--algos must be a comma list of {', '.join(apply_lib.ALGOS)}, "
-                               f"got {args.algos!r}")
+def _parse_algos(text: str) -> list[str]:
+  algos = [a.strip() for a in text.split(",") if a.strip()]
+  if not algos:
+    raise cli.UserError(f"--algos is empty; give a comma list of {', '.join(ALGOS)}")
+  for a in algos:
+    if a not in ALGOS:
+      raise cli.UserError(unknown_algo_message(a, "--algos"))
+  return algos
+
+
+def make_plans(args) -> list[RunPlan]:
+  """Validates the command line; returns the ``RunPlan`` of every (env, algo) run."""
+  algos = _parse_algos(args.algos)
+  if args.resume and args.overwrite:
+    raise cli.UserError("--resume and --overwrite exclude each other; pass one")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
-    raise apply_lib.UsageError(f"--out {args.out} is an existing file, expected a directory")
-  if (os.path.isdir(args.out) and os.listdir(args.out) and not args.resume
-      and not args.overwrite):
-    raise apply_lib.UsageError(f"--out {args.out} is not empty; pass --resume to continue it "
-                               "or --overwrite to redo it")
-  if "lpg" in algos and not args.rule:
-    raise apply_lib.UsageError("--algos has lpg: pass --rule PATH (a rule artifact .pkl)")
-  loaded = load_rule(args.rule) if args.rule else None
-  names = resolve_suite(args.suite)
-  plans = []
-  for env in names:
-    for algo in algos:
-      d = run_dir(args.out, env, algo)
-      if args.resume and os.path.exists(os.path.join(d, "summary.json")):
-        plans.append((env, algo, None))
-        continue
-      plans.append((env, algo, apply_lib.make_plan(
-          env, algo, args.steps, args.seeds, d, rule_path=args.rule, agent=args.agent,
-          overwrite=True, loaded_rule=loaded, num_envs=args.num_envs,
-          rollout_len=args.rollout_len)))
-  return plans
+    raise cli.UserError(f"--out {args.out} is a file, not a directory; choose another path")
+  if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite):
+    raise cli.UserError(f"--out {args.out} is not empty; pass --resume to continue it "
+                        "or --overwrite to redo it")
+  if any(ALGOS[a].needs_rule for a in algos) and not args.rule:
+    raise cli.UserError("--algos has lpg: pass --rule PATH (a rule artifact .pkl)")
+  loaded = None
+  if args.rule:
+    from lpg.artifact import load_rule
+    loaded = load_rule(args.rule)
+  return [make_plan(env, algo, args.steps, args.seeds, run_dir(args.out, env, algo),
+                    rule_path=args.rule, agent=args.agent, loaded_rule=loaded,
+                    num_envs=args.num_envs, rollout_len=args.rollout_len)
+          for env in resolve_suite(args.suite) for algo in algos]
+
+
+def remove_report(out: str) -> None:
+  """Removes what an earlier ``lpg-report`` wrote into ``out`` (its runs included)."""
+  for name in OUTPUTS:
+    path = os.path.join(out, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def reusable(plan: RunPlan) -> tuple[bool, str]:
+  """Whether ``plan.out`` holds a finished run made with ``plan``'s settings, and why not."""
+  s = read_summary(plan.out)
+  if s is None:
+    return False, "not finished"
+  if s.get("settings_key") != plan.settings_key():
+    return False, "made with other settings: rerun"
+  return True, "done already, reused"
+
+
+def _main(argv) -> int:
+  args = build_parser().parse_args(argv)
+  plans = make_plans(args)
+  out = cli.prepare_out_dir(args.out)   # created and proved writable before any training
+  if args.overwrite:
+    remove_report(out)
+  for i, plan in enumerate(plans):
+    tag = f"[{i + 1}/{len(plans)}] {plan.source.name} {plan.choice.algo}"
+    done, why = reusable(plan) if args.resume else (False, "")
+    if done:
+      print(f"{tag}: {why}", file=sys.stderr)
+      continue
+    if args.resume and why != "not finished":
+      print(f"{tag}: {why}", file=sys.stderr)
+    s = execute(plan, progress=not args.quiet)
+    print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
+  write_json(os.path.join(out, MANIFEST),
+             [{"dir": os.path.relpath(p.out, args.out), "settings_key": p.settings_key()}
+              for p in plans])
+  df = write_report(args.out)
+  print(to_markdown(df))
+  return cli.EXIT_OK
 
 
 def main(argv=None) -> int:
   """Entry point of ``lpg-report``; returns the exit status."""
-  prog = "lpg-report"
-  try:
-    args = build_parser().parse_args(argv)
-    plans = make_plans(args)
-  except (ValueError, MissingExtraError) as e:
-    print(f"{prog}: error: {apply_lib.one_line(e)}", file=sys.stderr)
-    return 2
-  for i, (env, algo, plan) in enumerate(plans):
-    if plan is None:
-      print(f"[{i + 1}/{len(plans)}] {env} {algo}: done already, skipped", file=sys.stderr)
-      continue
-    s = apply_lib.execute(plan, progress=not args.quiet)
-    print(f"[{i + 1}/{len(plans)}] {env} {algo}: final return {s['final_return_mean']}",
-          file=sys.stderr)
-  df = write_report(args.out)
-  print(to_markdown(df))
-  return 0
+  argv = sys.argv[1:] if argv is None else list(argv)
+  return cli.run_cli(PROG, lambda: _main(argv), debug="--debug" in argv)
 
 
 if __name__ == "__main__":

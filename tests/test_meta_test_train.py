@@ -10,7 +10,7 @@ from lpg.rule import LPGConfig, LPGRule, make_hypers
 from lpg.types import AgentOutputs, Rollout
 from lpg.update import OptimizerConfig
 from meta_test.baselines import A2CConfig, A2CRule, RandomRule
-from meta_test.train import make_train, make_train_fns, run_seeds
+from meta_test.train import RunConfig, make_train, run_seeds
 
 B, T, U = 8, 10, 7
 
@@ -19,8 +19,9 @@ B, T, U = 8, 10, 7
 def chain_fns():
   rule = LPGRule(LPGConfig(hidden=16, y_dim=8))
   params = rule.init(jax.random.PRNGKey(0))
-  return make_train_fns(envs.make("chain/short"), rule, params, AgentConfig("tabular"),
-                        OptimizerConfig("sgd"), make_hypers(40.0), B, T, U, chunk=3)
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 40.0, num_envs=B,
+                     rollout_len=T, num_updates=U, chunk=3)
+  return make_train(envs.make("chain/short"), config, rule, params)
 
 
 def test_chunked_run_equals_whole_run(chain_fns):
@@ -37,12 +38,22 @@ def test_chunked_run_equals_whole_run(chain_fns):
 
 
 def test_make_train_vmaps_over_seeds():
-  train = make_train(envs.make("chain/short"), RandomRule(), {}, AgentConfig("tabular"),
-                     OptimizerConfig("sgd"), make_hypers(40.0), 4, 5, 3)
-  state, m = jax.jit(jax.vmap(train))(jax.random.split(jax.random.PRNGKey(0), 3))
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 40.0, num_envs=4,
+                     rollout_len=5, num_updates=3)
+  fns = make_train(envs.make("chain/short"), config, RandomRule(), {})
+  state, m = jax.jit(jax.vmap(fns.train))(jax.random.split(jax.random.PRNGKey(0), 3))
   assert m.return_sum.shape == (3, 3)
   # The random rule never moves the agent off its uniform zero init.
   assert float(jnp.abs(state.agent_params["~"]["pi"]).max()) == 0.0
+  assert m.meta_params == {} and float(jnp.abs(m.meta_loss).max()) == 0.0
+
+
+@pytest.mark.parametrize("bad", [dict(num_envs=0), dict(rollout_len=0), dict(num_updates=0),
+                                 dict(learning_rate=float("inf"))])
+def test_run_config_refuses_bad_values(bad):
+  kw = dict(agent=AgentConfig("tabular"), optimizer=OptimizerConfig("sgd"), learning_rate=1.0)
+  with pytest.raises(ValueError):
+    RunConfig(**{**kw, **bad})
 
 
 def _rollout(rewards, terminated, truncated=None):

@@ -22,9 +22,9 @@ from lpg.update import OptimizerConfig, inner_update, make_optimizer
 from meta_test import apply as apply_lib
 from meta_test import report as report_lib
 from meta_test.baselines import A2CConfig, A2CRule
-from meta_test.mgrl import (Eta, MetaProblem, MGRLConfig, MGRLRule, init_eta, make_mgrl_network,
-                            make_mgrl_train_fns, meta_loss)
-from meta_test.train import make_train_fns, run_seeds
+from meta_test.mgrl import (Eta, MGRLConfig, MGRLProblem, MGRLRule, init_eta, make_mgrl_network,
+                            make_mgrl_train, meta_loss)
+from meta_test.train import RunConfig, make_train, run_seeds
 
 
 def _to64(tree):
@@ -45,7 +45,7 @@ def test_meta_gradient_matches_finite_differences(opt, lr, clip, eta_input):
     net = make_mgrl_network(AgentConfig("tabular"), env.obs_spec, env.num_actions,
                             rule.head_sizes(), eta_input)
     optimizer = make_optimizer(OptimizerConfig(opt, max_grad_norm=clip))
-    problem = MetaProblem(rule, net, optimizer)
+    problem = MGRLProblem(rule, net, optimizer)
     hypers = _to64(make_hypers(lr))
     eta = Eta(jnp.float64(1.2), jnp.float64(0.6))
     params = _to64(net.init(jax.random.PRNGKey(0)))
@@ -107,13 +107,12 @@ def frozen_vs_a2c():
   cfg = MGRLConfig(meta_lr=0.0)
   eta0 = init_eta(cfg)
   env = envs.make("chain/short")
-  common = (AgentConfig("tabular"), OptimizerConfig("sgd", max_grad_norm=0.5))
-  hypers = make_hypers(40.0, gamma=float(eta0.gamma))
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd", max_grad_norm=0.5), 40.0,
+                     gamma=float(eta0.gamma), num_envs=B, rollout_len=T, num_updates=U, chunk=5)
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
-  a2c = run_seeds(make_train_fns(env, A2CRule(A2CConfig(gae_lambda=float(eta0.lambda_))), {},
-                                 *common, hypers, B, T, U, chunk=5), keys)
-  mgrl = run_seeds(make_mgrl_train_fns(env, MGRLRule(cfg), None, *common, hypers, B, T, U,
-                                       chunk=5), keys)
+  a2c = run_seeds(make_train(env, config, A2CRule(A2CConfig(gae_lambda=float(eta0.lambda_))),
+                             {}), keys)
+  mgrl = run_seeds(make_mgrl_train(env, config, MGRLRule(cfg)), keys)
   return a2c, mgrl
 
 
@@ -125,23 +124,25 @@ def test_meta_lr_zero_is_a2c(frozen_vs_a2c):
   same = jax.tree_util.tree_map(lambda x, y: bool(np.array_equal(x, y)),
                                 a2c.state.agent_params, mgrl.state.agent_params)
   assert all(jax.tree_util.tree_leaves(same))
-  np.testing.assert_array_equal(mgrl.metrics.gamma, float(init_eta(MGRLConfig()).gamma))
+  np.testing.assert_array_equal(mgrl.metrics.meta_params["gamma"],
+                                float(init_eta(MGRLConfig()).gamma))
   # The meta step still ran (and scored something) from iteration 1 on.
   assert np.all(mgrl.metrics.meta_loss[:, 0] == 0) and np.any(mgrl.metrics.meta_loss[:, 1:] != 0)
 
 
 def test_chunked_equals_whole_run():
   env = envs.make("chain/short")
-  fns = make_mgrl_train_fns(env, MGRLRule(MGRLConfig(eta_input=True)), None,
-                            AgentConfig("tabular"), OptimizerConfig("sgd"), make_hypers(40.0),
-                            B, T, 7, chunk=3)
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 40.0, num_envs=B,
+                     rollout_len=T, num_updates=7, chunk=3)
+  fns = make_mgrl_train(env, config, MGRLRule(MGRLConfig(eta_input=True)))
   keys = jax.random.split(jax.random.PRNGKey(1), 2)
   _, whole = jax.jit(jax.vmap(fns.train))(keys)
   res = run_seeds(fns, keys)
-  assert res.metrics.gamma.shape == (2, 7)
-  np.testing.assert_allclose(res.metrics.gamma, np.asarray(whole.gamma), rtol=1e-5)
+  gamma = res.metrics.meta_params["gamma"]
+  assert gamma.shape == (2, 7)
+  np.testing.assert_allclose(gamma, np.asarray(whole.meta_params["gamma"]), rtol=1e-5)
   np.testing.assert_allclose(res.metrics.return_sum, np.asarray(whole.return_sum), rtol=1e-5)
-  assert np.all(np.isfinite(res.metrics.gamma)) and np.any(res.metrics.gamma[:, -1] != 0.99)
+  assert np.all(np.isfinite(gamma)) and np.any(gamma[:, -1] != 0.99)
 
 
 # ------------------------------------------------------------ gamma on chain/long
@@ -154,14 +155,14 @@ def test_gamma_rises_on_long_chain():
   tabular agent's update on tau does not touch the rows scored on tau'.
   """
   env = envs.make("chain/long")
-  fns = make_mgrl_train_fns(env, MGRLRule(MGRLConfig(gamma=0.9, meta_lr=1e-2)), None,
-                            AgentConfig("tabular"), OptimizerConfig("sgd", max_grad_norm=0.5),
-                            make_hypers(40.0), 16, 20, 200, chunk=100)
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd", max_grad_norm=0.5), 40.0,
+                     num_envs=16, rollout_len=20, num_updates=200, chunk=100)
+  fns = make_mgrl_train(env, config, MGRLRule(MGRLConfig(gamma=0.9, meta_lr=1e-2)))
   res = run_seeds(fns, jax.random.split(jax.random.PRNGKey(0), 4))
-  g = res.metrics.gamma[:, -1]
+  g = res.metrics.meta_params["gamma"][:, -1]
   assert np.all(g >= np.float32(0.9)), g
   assert np.sum(g > 0.93) >= 3 and float(g.mean()) > 0.93, g
-  assert np.all(np.isfinite(res.metrics.lambda_))
+  assert np.all(np.isfinite(res.metrics.meta_params["lambda"]))
 
 
 # ----------------------------------------------------------------- lpg-apply

@@ -1,0 +1,227 @@
+"""Planning a meta-test run: environment resolution, defaults and validation.
+
+``make_plan(...)`` turns what a user asked for (``lpg-apply`` flags, or one run of
+``lpg-report``) into a ``RunPlan``: everything is decided, and every bad input refused with a
+``lpg.cli.UserError``, before any training starts.  Defaults depend on the observation kind
+(``DEFAULTS``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import re
+from typing import Any, Callable
+
+import envs
+from lpg.cli import UserError, one_line
+from lpg.networks import AGENT_KINDS, AgentConfig, make_agent_network
+from lpg.update import OptimizerConfig
+from meta_test import host as host_lib
+from meta_test.algos import ALGOS, Choice, make_choice
+from meta_test.train import RunConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class KindDefaults:
+  """Agent and optimiser used for one observation kind.
+
+  Attributes:
+    agent: agent network kind (``lpg.networks.AGENT_KINDS``).
+    hidden: MLP widths (unused by tabular agents).
+    optimizer: ``sgd`` or ``adam``.
+    learning_rate: inner step size.
+    num_envs: ``B`` parallel environments per seed [ported: 64].
+    rollout_len: ``T`` steps per update [ported: 20].
+  """
+  agent: str
+  hidden: tuple[int, ...]
+  optimizer: str
+  learning_rate: float
+  num_envs: int = 64
+  rollout_len: int = 20
+
+
+# Index (tabular): SGD lr 40 [ported: LPG tabular agents]; checked here: A2C reaches
+# ~1.0 on chain/short in 100k steps and ~18 on tabular/dense in 200k (random ~ -1).
+# Vector / image: MLP + Adam [ported: Adam 5e-4..1e-3 for network agents].
+DEFAULTS: dict[str, KindDefaults] = {
+    "index": KindDefaults("tabular", (), "sgd", 40.0),
+    "vector": KindDefaults("mlp", (64, 64), "adam", 1e-3),
+    "image": KindDefaults("mlp", (256, 256), "adam", 1e-3),
+}
+GAMMA = 0.99          # [ported: 0.99]
+ALPHA_Y = 0.5         # [ported: GROOVE port]
+MAX_GRAD_NORM = 0.5   # [ported]
+
+
+# ------------------------------------------------------------------ environments
+@dataclasses.dataclass(frozen=True)
+class EnvSource:
+  """Where an environment comes from.
+
+  Attributes:
+    name: what the user passed to ``--env``.
+    obs_spec, num_actions: static facts of one environment.
+    env: the JAX-native environment (compiled path), or None.
+    make_vec: ``(seed, num_envs) -> HostVecEnv`` for the host loop, or None.
+  """
+  name: str
+  obs_spec: Any
+  num_actions: int
+  env: Any = None
+  make_vec: Callable | None = None
+
+  @property
+  def host(self) -> bool:
+    return self.env is None
+
+
+def _factory_with_seed(factory: Callable, seed: int) -> Callable:
+  try:
+    takes_seed = "seed" in inspect.signature(factory).parameters
+  except (TypeError, ValueError):
+    takes_seed = False
+  return (lambda: factory(seed=seed)) if takes_seed else factory
+
+
+def _factory_source(name: str) -> EnvSource:
+  factory = host_lib.load_factory(name)
+  probe = host_lib.DmEnvVec(_factory_with_seed(factory, 0), 1, name)
+
+  def make_vec(seed, n):
+    made = iter([host_lib.call_factory(_factory_with_seed(factory, seed * 100_003 + i), name)
+                 for i in range(n)])
+    return host_lib.DmEnvVec(lambda: next(made), n, name)
+  return EnvSource(name=name, obs_spec=probe.obs_spec, num_actions=probe.num_actions,
+                   make_vec=make_vec)
+
+
+def resolve_env(name: str) -> EnvSource:
+  """``--env`` value -> ``EnvSource``: a registered name, ``atari/<Game>`` or
+  ``package.module:factory``; ``UserError`` / ``MissingExtraError`` if unusable."""
+  if name.startswith("atari/"):
+    game = name.split("/", 1)[1]
+    host_lib.check_atari_available(game)
+    probe = host_lib.AtariVec(game, 1)
+    return EnvSource(name=name, obs_spec=probe.obs_spec, num_actions=probe.num_actions,
+                     make_vec=lambda seed, n: host_lib.AtariVec(game, n, seed=seed))
+  if ":" in name:
+    return _factory_source(name)
+  try:
+    env = envs.make(name)
+  except ValueError as e:     # unknown name: the message suggests close matches
+    raise UserError(one_line(e)) from None
+  return EnvSource(name=name, obs_spec=env.obs_spec, num_actions=env.num_actions, env=env)
+
+
+def env_slug(name: str) -> str:
+  """A file-name-safe form of an ``--env`` value."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+# ------------------------------------------------------------------------- plan
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """A validated run: everything decided before any training starts.
+
+  Attributes:
+    source: the environment.
+    choice: the algorithm (``meta_test.algos``).
+    steps: environment steps per seed asked for (rounded up to whole updates).
+    seeds: independent agents.
+    out: output directory.
+    run: agent, optimiser, hyperparameters and batch shape (``RunConfig``).
+    seed: base random seed.
+  """
+  source: EnvSource
+  choice: Choice
+  steps: int
+  seeds: int
+  out: str
+  run: RunConfig
+  seed: int = 0
+
+  @property
+  def num_updates(self) -> int:
+    return int(self.run.num_updates)
+
+  def settings(self) -> dict:
+    """Everything that determines the run's results (JSON-able): a resumed report reuses
+    a finished run only when these match."""
+    needs_rule = ALGOS[self.choice.algo].needs_rule
+    return {"env": self.source.name, "algo": self.choice.algo, "steps": self.steps,
+            "seeds": self.seeds, "agent": agent_dict(self.run.agent),
+            "hyperparameters": hyperparameters(self), "algo_settings": self.choice.settings_dict(),
+            "rule_checksum": self.choice.checksum if needs_rule else None}
+
+  def settings_key(self) -> str:
+    """A checksum of ``settings()``."""
+    text = json.dumps(self.settings(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def agent_dict(agent: AgentConfig) -> dict:
+  return {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
+
+
+def hyperparameters(plan: RunPlan) -> dict:
+  r = plan.run
+  return {"optimizer": r.optimizer.name, "learning_rate": r.learning_rate,
+          "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
+          "num_envs": r.num_envs, "rollout_len": r.rollout_len, "num_updates": r.num_updates,
+          "seed": plan.seed}
+
+
+def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) -> None:
+  if value is None and allow_none:
+    return
+  ok = value is not None and math.isfinite(float(value)) and float(value) > 0
+  if not ok or (whole and float(value) != int(value)):
+    kind = "positive whole number" if whole else "positive finite number"
+    raise UserError(f"{flag} must be a {kind}, got {value}")
+
+
+def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
+              agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
+              rollout_len: int | None = None, learning_rate: float | None = None,
+              seed: int = 0) -> RunPlan:
+  """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
+  host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here."""
+  _positive("--steps", steps)
+  _positive("--seeds", seeds)
+  _positive("--num-envs", num_envs, allow_none=True)
+  _positive("--rollout-len", rollout_len, allow_none=True)
+  _positive("--lr", learning_rate, allow_none=True, whole=False)
+  if agent is not None and agent not in AGENT_KINDS:
+    raise UserError(f"--agent must be one of {', '.join(AGENT_KINDS)}, got {agent!r}")
+  if algo not in ALGOS:
+    make_choice(algo)          # the unknown-name error, before any loading
+  if loaded_rule is None and rule_path is not None:
+    from lpg.artifact import load_rule
+    loaded_rule = load_rule(rule_path)
+  choice = make_choice(algo, loaded_rule, rule_path)
+  source = resolve_env(env)
+  if source.host and not ALGOS[algo].host:
+    raise UserError(f"--algo {algo} needs a registered (compiled) environment, got {env!r}")
+  d = DEFAULTS[source.obs_spec.kind]
+  kind = agent or d.agent
+  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden)
+  try:     # fails early for e.g. a tabular agent on images
+    make_agent_network(agent_config, source.obs_spec, source.num_actions,
+                       choice.rule.head_sizes() if choice.rule is not None else {})
+  except ValueError as e:
+    raise UserError(one_line(e)) from None
+  # An agent kind other than the obs kind's default takes that agent's defaults.
+  own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
+  b, t = int(num_envs or d.num_envs), int(rollout_len or d.rollout_len)
+  run = RunConfig(agent=agent_config,
+                  optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
+                  learning_rate=float(learning_rate if learning_rate is not None
+                                      else own.learning_rate),
+                  alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
+                  num_updates=max(1, math.ceil(int(steps) / (b * t))))
+  return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
+              seed=int(seed))
