@@ -168,7 +168,8 @@ def restore(path: str, template):
         if a.shape != tuple(ref.shape) or a.dtype != np.dtype(ref.dtype):
           raise CheckpointError(
               f"{path}: {key} is {a.shape} {a.dtype}, this run needs {tuple(ref.shape)} "
-              f"{np.dtype(ref.dtype)} (another configuration); {_START_AFRESH}")
+              f"{np.dtype(ref.dtype)}: written by another configuration; resume it with that "
+              f"one, {_START_AFRESH}")
         out.append(a)
   except CheckpointError:
     raise
