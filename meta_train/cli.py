@@ -113,7 +113,12 @@ def resume_config(args, record: dict, out: str):
   Raises ``UserError`` naming every fixed flag that conflicts with the run.
   """
   from meta_train.config import TrainConfig
-  config = TrainConfig.from_dict(record["config"])
+  try:
+    config = TrainConfig.from_dict(record["config"])
+  except (TypeError, ValueError) as e:
+    raise UserError(f"--resume: {os.path.join(out, 'config.json')} does not hold a valid config "
+                    f"({cli.one_line(e)}); restore it from a backup, or start a new run in a new "
+                    "--out") from None
   ran = {"preset": record.get("preset"), "init_rule": record.get("init_rule"),
          "envs": config.envs, **{f: getattr(config, f) for f in FIXED if hasattr(config, f)}}
   conflicts = []

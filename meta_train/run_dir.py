@@ -40,6 +40,11 @@ def check_new_run_dir(out: str) -> str | None:
   """Checks ``out`` for a new run; returns a one-line note if it is reused, else None."""
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f"--out {out} is a file; give a directory path")
+  parent = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"--out {out}: {parent} is a file, not a directory; choose another path")
   if not os.path.isdir(out) or not os.listdir(out):
     return None
   if reusable(out):
