@@ -17,15 +17,13 @@ from lpg.artifact import save_rule
 from lpg.rule import LPGConfig, LPGRule
 from meta_train import checkpoint
 from meta_train.cli import main
-
-TINY = ["--preset", "tiny", "--no-progress"]
+from meta_train_helpers import TINY
+from meta_train_helpers import tiny_run as _run_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("base") / "run")
-  assert main(TINY + ["--out", out, "--num-updates", "2", "--checkpoint-every", "2"]) == 0
-  return out
+  return _run_tiny(tmp_path_factory, 2, 2)
 
 
 def _newest(run):

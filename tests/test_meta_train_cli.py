@@ -10,8 +10,7 @@ import pytest
 from lpg.artifact import load_rule
 from meta_train import checkpoint, job
 from meta_train.cli import main
-
-TINY = ["--preset", "tiny", "--no-progress"]
+from meta_train_helpers import TINY, tiny_run
 
 
 def _params(path):
@@ -57,9 +56,7 @@ def _latest_header(out):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("straight") / "run")
-  assert main(TINY + ["--out", out, "--num-updates", "4", "--checkpoint-every", "2"]) == 0
-  return out
+  return tiny_run(tmp_path_factory, 4, 2)
 
 
 def test_tiny_run_writes_the_contract(straight_run):
