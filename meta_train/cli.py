@@ -120,7 +120,7 @@ def resume_config(args, record: dict, out: str):
                     f"({cli.one_line(e)}); restore it from a backup, or start a new run in a new "
                     "--out") from None
   ran = {"preset": record.get("preset"), "init_rule": record.get("init_rule"),
-         "envs": config.envs, **{f: getattr(config, f) for f in FIXED if hasattr(config, f)}}
+         **{f: getattr(config, f) for f in FIXED if f not in ("preset", "init_rule")}}
   conflicts = []
   for flag in FIXED:
     value = getattr(args, flag)
