@@ -93,7 +93,13 @@ class Lifetime(NamedTuple):
   env_params: PyTree
   env: EnvCarry
   hypers: InnerHypers
-  age: jax.Array  # [] int32, inner updates done in this lifetime.
+  age: jax.Array      # [] int32 n, inner updates done in this lifetime.
+  horizon: jax.Array  # [] int32 N, inner updates this lifetime is planned to last (0: open).
+
+  @property
+  def progress(self) -> jax.Array:
+    """``n / N`` in [0, 1] (0 for an open-ended lifetime); same leading dims as ``age``."""
+    return jnp.where(self.horizon > 0, self.age / jnp.maximum(self.horizon, 1), 0.0)
 
 
 class MetaMetrics(NamedTuple):
@@ -125,8 +131,8 @@ class MetaProblem:
     self.critic_optimizer = optax.adam(meta.critic_lr_for(agent.kind))
 
   # ------------------------------------------------------------------ lifetimes
-  def init_lifetime(self, key: jax.Array, hypers: InnerHypers) -> Lifetime:
-    """A fresh agent on a freshly drawn task (env params)."""
+  def init_lifetime(self, key: jax.Array, hypers: InnerHypers, horizon=0) -> Lifetime:
+    """A fresh agent on a freshly drawn task (env params), planned to last ``horizon`` updates."""
     k_env, k_reset, k_agent, k_critic = jax.random.split(key, 4)
     env_params = self.env.sample_params(k_env)
     params = self.net.init(k_agent)
@@ -135,7 +141,8 @@ class MetaProblem:
                     critic_params=critic, critic_opt_state=self.critic_optimizer.init(critic),
                     env_params=env_params,
                     env=reset_envs(self.env, env_params, k_reset, self.meta.num_envs),
-                    hypers=hypers, age=jnp.zeros((), jnp.int32))
+                    hypers=hypers, age=jnp.zeros((), jnp.int32),
+                    horizon=jnp.asarray(horizon, jnp.int32))
 
   def rollout(self, params: PyTree, env_params: PyTree, carry: EnvCarry, key: jax.Array):
     return unroll(self.env, env_params, lambda o: self.net.apply(params, o).logits, carry, key,
@@ -209,18 +216,52 @@ class MetaProblem:
 
 
 def population_meta_grad(problem: MetaProblem, rule_params: PyTree, lives: Lifetime,
-                         keys: jax.Array):
-  """Mean meta-loss over a vmapped batch of lifetimes and its gradient.
+                         keys: jax.Array, chunk: int = 0):
+  """Mean meta-loss over a vmapped population of lifetimes and its gradient.
+
+  The one population meta-gradient of the project: the meta-training job, the
+  benchmarks and the tests all call it.  With ``0 < chunk < P`` the population is
+  processed in ``P / chunk`` sequential chunks (a ``lax.scan``) whose losses and
+  gradients are averaged: memory ~ ``chunk`` lifetimes instead of ``P``.  Chunk
+  ``c`` holds lifetimes ``c, c + P/chunk, ...``, so the within-chunk axis keeps
+  a device sharding of the population and the scan runs over the unsharded one.
+  Rematerialising the inner updates is ``MetaConfig.remat_inner``.
 
   Args:
     lives: ``Lifetime`` with a leading population dim ``[P]``.
-    keys: ``[P, 2]`` PRNG keys.
+    keys: ``[P, 2]`` PRNG keys, one per lifetime.
+    chunk: lifetimes per chunk; 0 (or ``P``) processes all at once.  Must divide ``P``.
   Returns:
-    ``(loss, grads, new_lives, metrics)``; ``metrics`` fields are ``[P]``.
+    ``(loss, grads, new_lives, metrics)``: scalar mean loss, gradient w.r.t.
+    ``rule_params``, lifetimes advanced by K updates (``[P]``) and ``MetaMetrics``
+    with ``[P]`` fields.
   """
-  def batch_loss(rp):
-    losses, (new_lives, metrics) = jax.vmap(problem.meta_loss, in_axes=(None, 0, 0))(rp, lives, keys)
-    return jnp.mean(losses), (new_lives, metrics)
+  def batch_grad(lives_c, keys_c):
+    def batch_loss(rp):
+      losses, (new_lives, metrics) = jax.vmap(problem.meta_loss, in_axes=(None, 0, 0))(
+          rp, lives_c, keys_c)
+      return jnp.mean(losses), (new_lives, metrics)
+    (loss, (new_lives, metrics)), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+        rule_params)
+    return loss, grads, new_lives, metrics
 
-  (loss, (new_lives, metrics)), grads = jax.value_and_grad(batch_loss, has_aux=True)(rule_params)
-  return loss, grads, new_lives, metrics
+  pop = keys.shape[0]
+  chunk = chunk or pop
+  if pop % chunk:
+    raise ValueError(f"chunk ({chunk}) must divide the population ({pop})")
+  n_chunks = pop // chunk
+  if n_chunks == 1:
+    return batch_grad(lives, keys)
+  split = lambda x: jnp.swapaxes(x.reshape((chunk, n_chunks) + x.shape[1:]), 0, 1)
+  merge = lambda x: jnp.swapaxes(x, 0, 1).reshape((pop,) + x.shape[2:])
+
+  def body(acc, xs):
+    loss, grads, new_lives, metrics = batch_grad(*xs)
+    acc = jax.tree_util.tree_map(lambda a, b: a + b / n_chunks, acc, (loss, grads))
+    return acc, (new_lives, metrics)
+
+  zero = (jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, rule_params))
+  (loss, grads), (new_lives, metrics) = jax.lax.scan(
+      body, zero, (jax.tree_util.tree_map(split, lives), split(keys)))
+  return loss, grads, jax.tree_util.tree_map(merge, new_lives), jax.tree_util.tree_map(
+      merge, metrics)

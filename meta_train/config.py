@@ -8,7 +8,7 @@ run directory records exactly what ran.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from typing import Any
 
 from lpg.meta_objective import MetaConfig
@@ -21,6 +21,9 @@ from lpg.rule import LPGConfig
 TABULAR_LRS = (20.0, 40.0, 80.0, 160.0, 320.0)
 NETWORK_LRS = (2e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 ALPHA_YS = (0.1, 0.5, 1.0)  # [ported]
+TUPLE_FIELDS = ("envs", "mlp_hidden", "tabular_lrs", "network_lrs", "alpha_ys")
+# Fields of configs written by earlier versions that no longer exist (dropped on load).
+RETIRED_FIELDS = ("fault_injection_step",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +49,30 @@ class TrainConfig:
     bandit_window: the arm score is an exponential moving average with
       weight ``1/bandit_window`` of finished lifetimes' normalised final
       returns [chosen: 10, the ported "mean of the last 10"].
+    tabular_lrs, network_lrs: the bandit's candidate inner learning rates for
+      tabular (SGD) and network (Adam) agents (see ``TABULAR_LRS``).
+    alpha_ys: the bandit's candidate alpha_y (weight of the y-target loss).
+    return_ema_decay: a lifetime's "final return" (credited to the bandit when
+      it ends) is a moving average of its per-meta-update mean episode return,
+      ``ema <- decay * ema + (1 - decay) * mean``, so it reflects the last few
+      meta-updates rather than one noisy rollout [chosen: 0.7, about the last
+      three meta-updates].
+    stagger: start the first generation of lifetimes spread evenly over their
+      lifetime (agent i of P at i/P of the way), so the population holds early,
+      middle and late agents from the first meta-update; these staggered
+      lifetimes are not credited to the bandit [chosen: on].
     agent_chunk: lifetimes of one environment whose meta-gradients are computed
       at once; the group is processed in sequential chunks of this size and
       the gradients summed (memory ~ chunk, not population).  0: all at once.
     updates_per_call: meta-updates scanned inside one compiled call.
     checkpoint_every: meta-updates between checkpoints (0: only at the end).
     log_every: meta-updates between lines of metrics.jsonl.
+    keep_checkpoints: the most recent checkpoints kept in the run directory
+      (older ones are deleted after a new one is written) [chosen: 2, so a
+      checkpoint damaged on disk still leaves one to resume from].
     max_consecutive_skips: a run with this many non-finite meta-updates in a
       row stops, keeping its last good checkpoint.
     seed: master seed.
-    fault_injection_step: testing aid: from this meta-update on (>= 0) every
-      meta-gradient is replaced by NaN; -1 (default) never.
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -71,17 +87,22 @@ class TrainConfig:
   bandit_temperature: float = 0.1
   bandit_bonus: float = 0.2
   bandit_window: int = 10
+  tabular_lrs: tuple[float, ...] = TABULAR_LRS
+  network_lrs: tuple[float, ...] = NETWORK_LRS
+  alpha_ys: tuple[float, ...] = ALPHA_YS
+  return_ema_decay: float = 0.7
+  stagger: bool = True
   agent_chunk: int = 0
   updates_per_call: int = 1
   checkpoint_every: int = 20
   log_every: int = 5
+  keep_checkpoints: int = 2
   max_consecutive_skips: int = 10
   seed: int = 0
-  fault_injection_step: int = -1
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
-              "bandit_window", "max_consecutive_skips"):
+              "bandit_window", "max_consecutive_skips", "keep_checkpoints"):
       if int(getattr(self, f)) < 1:
         raise ValueError(f"{f.replace('_', '-')} must be >= 1, got {getattr(self, f)}")
     for f in ("num_updates", "checkpoint_every"):
@@ -92,8 +113,14 @@ class TrainConfig:
                        f"({self.agents_per_env})")
     if not self.envs:
       raise ValueError("at least one training environment is needed")
-    if self.meta_lr <= 0:
-      raise ValueError(f"meta-lr must be > 0, got {self.meta_lr}")
+    if not (math.isfinite(self.meta_lr) and self.meta_lr > 0):
+      raise ValueError(f"meta-lr must be a finite number > 0, got {self.meta_lr}")
+    if not 0.0 <= self.return_ema_decay < 1.0:
+      raise ValueError(f"return-ema-decay must lie in [0, 1), got {self.return_ema_decay}")
+    for f in ("tabular_lrs", "network_lrs", "alpha_ys"):
+      values = getattr(self, f)
+      if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{f.replace('_', '-')} must be finite numbers > 0, got {values}")
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
@@ -111,12 +138,9 @@ class TrainConfig:
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
-  def to_json(self) -> str:
-    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-    d = dict(d)
+    d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
@@ -125,7 +149,7 @@ class TrainConfig:
       d["rule"] = LPGConfig(**d["rule"])
     if "meta" in d:
       d["meta"] = MetaConfig(**d["meta"])
-    for f in ("envs", "mlp_hidden"):
+    for f in TUPLE_FIELDS:
       if f in d:
         d[f] = tuple(d[f])
     return cls(**d)

@@ -18,8 +18,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "pop"
-# TrainState fields whose arrays carry a leading population axis.
-POPULATION_FIELDS = ("lives", "arms", "ret_ema", "ret_seen", "scored")
+# TrainState fields whose arrays carry a leading population axis (EnvGroups).
+POPULATION_FIELDS = ("groups",)
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:

@@ -29,9 +29,10 @@ def metrics_frame(path: str):
 
 
 def plot_meta_training(path: str, out_png: str, smooth: int = 5) -> None:
-  """Mean normalised return of the population vs meta-update, overall and per env family."""
-  import matplotlib
-  matplotlib.use("Agg")
+  """Mean normalised return of the population vs meta-update, overall and per env family.
+
+  Uses the caller's matplotlib backend (the command line below picks Agg).
+  """
   import matplotlib.pyplot as plt
   df = metrics_frame(path)
   df = df[df.normalised_return.notna()]
@@ -52,7 +53,16 @@ def plot_meta_training(path: str, out_png: str, smooth: int = 5) -> None:
   plt.close(fig)
 
 
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if len(argv) != 2:
+    print("usage: python -m meta_train.plots METRICS.jsonl[.gz] OUT.png", file=sys.stderr)
+    return 2
+  import matplotlib
+  matplotlib.use("Agg")  # the entry point picks the backend: files only, no display needed
+  plot_meta_training(argv[0], argv[1])
+  return 0
+
+
 if __name__ == "__main__":
-  if len(sys.argv) != 3:
-    sys.exit("usage: python -m meta_train.plots METRICS.jsonl[.gz] OUT.png")
-  plot_meta_training(sys.argv[1], sys.argv[2])
+  sys.exit(main())

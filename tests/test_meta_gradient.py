@@ -89,3 +89,24 @@ def test_meta_gradient_is_finite_through_adam_with_zero_gradient_entries():
   flat, _ = jax.flatten_util.ravel_pytree(grads)
   assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(flat)))
   assert float(jnp.abs(flat).max()) > 0
+
+
+def test_chunked_population_gradient_equals_one_batch():
+  """``population_meta_grad(chunk=2)`` over 4 lifetimes = the whole batch at once."""
+  env = DelayedChain(ChainConfig(3, 6), name="tiny-chain")
+  rule = LPGRule(LPGConfig(hidden=4, y_dim=3, phi_hidden=2))
+  problem = MetaProblem(env, rule, AgentConfig("tabular"), OptimizerConfig("sgd"),
+                        MetaConfig(num_inner=2, rollout_len=4, num_envs=4))
+  lives = jax.vmap(problem.init_lifetime, in_axes=(0, None, None))(
+      jax.random.split(jax.random.PRNGKey(0), 4), make_hypers(10.0), 6)
+  assert lives.horizon.shape == (4,) and float(lives.progress[0]) == 0.0
+  rule_params = rule.init(jax.random.PRNGKey(1))
+  keys = jax.random.split(jax.random.PRNGKey(2), 4)
+  full = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k))(rule_params, lives, keys)
+  chunked = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k, chunk=2))(
+      rule_params, lives, keys)
+  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(chunked)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(chunked[2].progress, 2 / 6, rtol=1e-6)  # n/N after K=2 of 6
+  with pytest.raises(ValueError, match="must divide"):
+    population_meta_grad(problem, rule_params, lives, keys, chunk=3)

@@ -21,11 +21,11 @@ def tiny():
 
 def test_population_is_staggered_and_lifetimes_restart(tiny):
   mt, state = tiny
-  ages = np.asarray(state.lives[0].age)
+  ages = np.asarray(state.groups[0].lives.age)
   assert len(set(ages.tolist())) > 1, ages          # early and late agents from the start
   state2, m1 = mt.run(state, 1)
   state2, metrics = mt.run(state2, 1)
-  ages2 = np.asarray(state2.lives[0].age)
+  ages2 = np.asarray(state2.groups[0].lives.age)
   # Lifetimes of 4 updates with K=2: every agent has been reset at least once by now,
   # and a reset agent restarts at age 0 (then advances by K).
   assert ages2.max() < TINY.lifetime_updates

@@ -1,0 +1,210 @@
+"""The meta-training job's host loop: start (or restore), run compiled calls, log, checkpoint.
+
+``run_job(plan)`` takes a validated ``cli.Plan``.  Before writing anything it
+builds the compiled functions and restores the checkpoint or initialises the
+state (loading ``--init-rule``), so a damaged checkpoint or a mismatched rule is
+refused with nothing changed.  Between compiled calls (``MetaTrain.run``) the
+host only logs, checkpoints and checks the stop conditions; this is where a
+held-out validation call will sit.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lpg.cli import EXIT_FAILED, UserError
+from meta_train import checkpoint, distributed, run_dir
+from meta_train.cli import PROG, git_commit
+from meta_train.logging_utils import MetricsLogger
+from meta_train.trainer import make_meta_train
+
+
+def scalar(x) -> int:
+  """A replicated scalar as an int (works for multi-host arrays too)."""
+  return int(x.addressable_data(0)) if hasattr(x, "addressable_data") else int(x)
+
+
+def device_record() -> dict:
+  devices = jax.devices()
+  return {"count": len(devices), "kind": devices[0].device_kind,
+          "platform": devices[0].platform, "processes": jax.process_count()}
+
+
+def load_init_rule(path: str, config, shardings):
+  """Rule parameters from the artifact at ``path``; its rule config must equal ``config.rule``."""
+  from lpg.artifact import load_rule
+  loaded = load_rule(path)
+  if loaded.config != config.rule:
+    raise UserError(f"--init-rule {path} has rule config {loaded.config}, this run needs "
+                    f"{config.rule}; choose a matching preset")
+  if shardings is not None:
+    return distributed.from_host(loaded.params, shardings.rule_params)
+  return jax.tree_util.tree_map(jax.numpy.asarray, loaded.params)
+
+
+def start_state(plan, mt):
+  """``(state, wall_offset)``: restored from the newest checkpoint, or a fresh start."""
+  if plan.restore:
+    template = jax.eval_shape(mt.init, plan.config.seed)
+    state, header, _ = checkpoint.restore_latest(plan.out, template)
+    state = (distributed.from_host(state, mt.shardings) if mt.shardings is not None
+             else jax.tree_util.tree_map(jax.numpy.asarray, state))
+    return state, float(header.get("wall_time_s", 0.0))
+  rule_params = (load_init_rule(plan.init_rule, plan.config, mt.shardings)
+                 if plan.init_rule else None)
+  state = mt.init(plan.config.seed)
+  if rule_params is not None:
+    state = state._replace(rule_params=rule_params)
+  return state, 0.0
+
+
+def write_start(plan) -> None:
+  """The first writes of the job: the directory, stale temp files removed, config.json."""
+  from lpg.cli import prepare_out_dir
+  if not plan.main_process:
+    return
+  prepare_out_dir(plan.out)
+  for path in checkpoint.remove_stale(plan.out):
+    print(f"{PROG}: removed {path}, left by a checkpoint write that was interrupted",
+          file=sys.stderr)
+  record = dict(plan.record, jax=jax.__version__, devices=device_record())
+  record["history"][-1]["devices"] = record["devices"]
+  run_dir.write_record(plan.out, record)
+
+
+class Exporter:
+  """Writes the checkpoint and ``rule.pkl`` (process 0; every process joins the gather)."""
+
+  def __init__(self, plan, device_desc: str):
+    self.plan, self.device_desc = plan, device_desc
+    self.commands = [h.get("command") for h in run_dir.history(plan.record)]
+
+  def __call__(self, state, wall: float) -> None:
+    from lpg.artifact import save_rule
+    config, step = self.plan.config, scalar(state.step)
+    meta = {"command": self.commands[0], "commands": self.commands, "envs": list(config.envs),
+            "meta_updates": step, "agent_steps": step * config.agent_steps_per_update,
+            "seed": config.seed, "git_commit": git_commit(), "jax": jax.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "hardware": self.device_desc, "wall_time_s": round(wall, 1),
+            "train_config": config.to_dict()}
+    host_state = distributed.to_host(state)
+    if self.plan.main_process:
+      checkpoint.save(self.plan.out, host_state, step, {"wall_time_s": wall},
+                      keep=config.keep_checkpoints)
+      save_rule(os.path.join(self.plan.out, run_dir.RULE), host_state.rule_params, config.rule,
+                meta)
+
+
+class _Stop:
+  """Records SIGINT/SIGTERM so the loop can checkpoint before exiting."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __call__(self, signum, frame):
+    if self.signal is not None:  # second signal: give up at once
+      raise KeyboardInterrupt
+    self.signal = signum
+
+
+def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int:
+  config = plan.config
+  devices = jax.devices()
+  try:
+    distributed.check_population(config.agents_per_env, config.agent_chunk, len(devices))
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
+  mt = make_meta_train(config, mesh=mesh)
+  state, wall_offset = start_state(plan, mt)
+  write_start(plan)
+  device_desc = (f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
+                 f"{jax.process_count()} process(es)")
+  for note in plan.notes:
+    print(f"{PROG}: {note}", file=sys.stderr)
+  print(f"{PROG}: {len(config.envs)} envs x {config.agents_per_env} lifetimes = "
+        f"{config.population} agents; rule LSTM {config.rule.hidden}; K={config.meta.num_inner}; "
+        f"devices: {device_desc}; out: {plan.out}", file=sys.stderr)
+  logger = MetricsLogger(os.path.join(plan.out, run_dir.METRICS), config, mt,
+                         resume=plan.restore or os.path.exists(os.path.join(plan.out, run_dir.METRICS)),
+                         start_step=scalar(state.step), write=plan.main_process)
+  return _loop(plan, mt, state, logger, Exporter(plan, device_desc), wall_offset, time_limit,
+               progress)
+
+
+def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress) -> int:
+  """Runs compiled calls until done, stopped, timed out or failing; prints the summary."""
+  from tqdm import tqdm
+  config, out = plan.config, plan.out
+  step = start_step = scalar(state.step)
+  stopper = _Stop()
+  old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+  bar = tqdm(total=config.num_updates, initial=step, desc="meta-train", unit="upd",
+             disable=not progress or not plan.main_process or None, dynamic_ncols=True,
+             file=sys.stderr)
+  t0, skips, first_call, last_ckpt, timed_out = time.time(), 0, (0, 0.0), step, False
+  wall = lambda: wall_offset + time.time() - t0
+  try:
+    while step < config.num_updates:
+      n = min(config.updates_per_call, config.num_updates - step)
+      tic = time.time()
+      state, metrics = mt.run(state, n)
+      metrics = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), metrics)
+      step, dt = scalar(state.step), time.time() - tic
+      if step - n == start_step:
+        first_call = (n, dt)
+        print(f"{PROG}: first call (compile + {n} meta-update(s)) took {dt:.1f} s", file=sys.stderr)
+      for s in np.asarray(metrics.skipped, bool):
+        skips = skips + 1 if s else 0
+      postfix = logger.add(metrics, seconds=dt, step=step, wall=wall())
+      bar.update(n)
+      if postfix:
+        bar.set_postfix(postfix, refresh=False)
+      if skips >= config.max_consecutive_skips:
+        bar.close()
+        logger.flush(step, wall())
+        print(f"{PROG}: stopped: {skips} meta-updates in a row had a non-finite meta-gradient "
+              f"or rule; the last good checkpoint in {out} is kept (try a lower meta learning "
+              "rate)", file=sys.stderr)
+        return EXIT_FAILED
+      if config.checkpoint_every and step - last_ckpt >= config.checkpoint_every:
+        export(state, wall())
+        last_ckpt = step
+      timed_out = time_limit is not None and time.time() - t0 >= time_limit
+      if stopper.signal is not None or timed_out:
+        break
+    logger.flush(step, wall())
+    export(state, wall())
+  finally:
+    bar.close()
+    for s, h in old_handlers.items():
+      signal.signal(s, h)
+  return _summary(plan, state, stopper, timed_out, start_step, time.time() - t0, first_call)
+
+
+def _summary(plan, state, stopper, timed_out, start_step, wall, first_call) -> int:
+  config, step = plan.config, scalar(state.step)
+  resume = f"continue with: {PROG} --out {shlex.quote(plan.out)} --resume"
+  if stopper.signal is not None and step < config.num_updates:
+    print(f"{PROG}: interrupted at meta-update {step}/{config.num_updates}; checkpoint saved, "
+          f"{resume}", file=sys.stderr)
+    return 128 + stopper.signal
+  if timed_out and step < config.num_updates:
+    print(f"{PROG}: time limit reached at meta-update {step}/{config.num_updates}; checkpoint "
+          f"saved, {resume}", file=sys.stderr)
+  done = step - start_step
+  steady = done - first_call[0]  # the first call includes compilation
+  rate = (steady * config.agent_steps_per_update / max(wall - first_call[1], 1e-9) if steady > 0
+          else done * config.agent_steps_per_update / max(wall, 1e-9))
+  print(f"{PROG}: {step} meta-updates ({done} this session, {wall:.0f} s, {rate:,.0f} "
+        f"agent-steps/s, {scalar(state.skipped)} skipped); rule: "
+        f"{os.path.join(plan.out, run_dir.RULE)}", file=sys.stderr)
+  return 0
