@@ -21,7 +21,7 @@ return of the episodes that ended in the last ``window`` of the lifetime
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +161,40 @@ def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
     return trace
 
   return lifetime
+
+
+def sample_planned(key: jax.Array, low: int, high: int) -> jax.Array:
+  """``[]`` int32 lifetime length N, log-uniform on ``[low, high]`` (TA-LPG: 10..250)."""
+  if not 1 <= low <= high:
+    raise ValueError(f"lifetime lengths need 1 <= low <= high, got {low}, {high}")
+  u = jax.random.uniform(key, minval=jnp.log(low), maxval=jnp.log(high + 1.0))
+  return jnp.clip(jnp.floor(jnp.exp(u)), low, high).astype(jnp.int32)
+
+
+class World(NamedTuple):
+  """One training environment of a fitness: its lifetime, hypers and reference.
+
+  Attributes:
+    lifetime: from ``make_lifetime``.
+    hypers: the agents' ``InnerHypers`` in this world.
+    reference: ``(optimal, random)`` returns for normalisation, or ``None``.
+  """
+  lifetime: Callable
+  hypers: InnerHypers
+  reference: tuple[float, float] | None
+
+
+def mean_fitness(worlds: Sequence[World], rule_params: PyTree, key: jax.Array, planned=None,
+                 seeds: int = 1, window: float = 1.0) -> jax.Array:
+  """``[]`` mean over ``worlds`` (equal weight) and ``seeds`` lifetimes of ``fitness``.
+
+  Each world's lifetimes draw their tasks and agents from ``fold_in(key, world)``;
+  ``planned`` (N) is shared by all of them.  Pure; vmap it over rule parameters.
+  """
+  total = 0.0
+  for e, world in enumerate(worlds):
+    keys = jax.random.split(jax.random.fold_in(key, e), seeds)
+    trace = jax.vmap(world.lifetime, (None, None, 0, None))(rule_params, world.hypers, keys,
+                                                            planned)
+    total = total + jnp.mean(fitness(trace, window, world.reference))
+  return total / len(worlds)
