@@ -128,6 +128,7 @@ def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
 
   def lifetime(rule_params: PyTree, hypers: InnerHypers, key: jax.Array,
                planned=None) -> LifetimeTrace:
+    full_length = planned is None      # static: no skipped updates, no branch
     planned = jnp.asarray(U if planned is None else planned, jnp.int32)
     k_task, k_reset, k_agent, k_run = jax.random.split(key, 4)
     env_params = env.sample_params(k_task)
@@ -155,6 +156,8 @@ def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
 
     def body(carry, xs):
       n, k = xs
+      if full_length:
+        return update(carry, n, k)
       return jax.lax.cond(n < planned, update, skip, carry, n, k)
 
     _, trace = jax.lax.scan(body, start, (jnp.arange(U), jax.random.split(k_run, U)))

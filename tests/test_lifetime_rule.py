@@ -129,3 +129,13 @@ def test_fitness_window_and_normalisation():
   np.testing.assert_allclose(mean_returns(trace), [np.nan, 2.0, 3.0, 3.0])
   with pytest.raises(ValueError):
     fitness(trace, window=0.0)
+
+
+def test_sample_planned_is_log_uniform_in_range():
+  from lpg.lifetime import sample_planned
+  n = np.asarray(jax.vmap(lambda k: sample_planned(k, 10, 250))(
+      jax.random.split(jax.random.PRNGKey(0), 4000)))
+  assert n.min() >= 10 and n.max() <= 250 and n.dtype == np.int32
+  assert abs(np.median(n) - np.sqrt(10 * 250)) < 8      # log-uniform: median ~ 50
+  with pytest.raises(ValueError):
+    sample_planned(jax.random.PRNGKey(0), 0, 5)
