@@ -64,6 +64,14 @@ def behaviour(rule, params, args, key):
   world = make_world(name, rule, n_upd, args, diagnostics=True)
   keys = jax.random.split(key, args.eval_seeds)
   trace = jax.jit(jax.vmap(world.lifetime, (None, None, 0)))(params, world.hypers, keys)
+  # Same tasks, agents and update count, but the rule is told N/2: at update n
+  # it sees 2n/N.  Entropy over the last quarter of the short lifetime, both ways.
+  short = jax.jit(jax.vmap(world.lifetime, (None, None, 0, None)))(params, world.hypers, keys,
+                                                                   n_upd // 2)
+  span = slice(3 * n_upd // 8, n_upd // 2)
+  same_n = {"updates": [span.start, span.stop],
+            "entropy_told_N": float(np.mean(np.asarray(trace.entropy)[:, span])),
+            "entropy_told_N_over_2": float(np.mean(np.asarray(short.entropy)[:, span]))}
   quarters = np.array_split(np.arange(n_upd), 4)
   along = {f"q{i + 1}": {"entropy": float(np.mean(np.asarray(trace.entropy)[:, q])),
                          "pi_hat_rms": float(np.mean(np.asarray(trace.pi_hat_rms)[:, q]))}
@@ -83,7 +91,8 @@ def behaviour(rule, params, args, key):
     prog = make_progress(frac * n_upd, n_upd)
     pi_hat = rule.apply(params, lpg_inputs(ro, out, HYPERS.gamma, prog)).pi_hat
     fixed[str(frac)] = float(jnp.sqrt(jnp.mean(jnp.square(pi_hat))))
-  return {"env": name, "planned": n_upd, "by_quarter": along, "pi_hat_rms_vs_n_over_N": fixed}
+  return {"env": name, "planned": n_upd, "by_quarter": along, "pi_hat_rms_vs_n_over_N": fixed,
+          "same_updates_other_N": same_n}
 
 
 def summary(scores):
@@ -150,6 +159,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "pilot.json"), "w") as f:
       json.dump(result, f, indent=1)
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+    np.savez(os.path.join(args.out, "rule_params.npz"), es=flat(params), initial=flat(params0))
 
 
 if __name__ == "__main__":
