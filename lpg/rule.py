@@ -37,10 +37,31 @@ def make_hypers(learning_rate, alpha_y=0.5, gamma=0.99) -> InnerHypers:
                      jnp.asarray(gamma, jnp.float32))
 
 
+class LifetimeProgress(NamedTuple):
+  """Where an agent stands in its lifetime (scalars; vmapped over agents).
+
+  Attributes:
+    done: n, agent updates done before the current one (0 .. N-1), float32.
+    planned: N, the agent updates the lifetime is planned to last, float32.
+  """
+  done: jax.Array
+  planned: jax.Array
+
+
+def make_progress(done, planned) -> LifetimeProgress:
+  return LifetimeProgress(jnp.asarray(done, jnp.float32), jnp.asarray(planned, jnp.float32))
+
+
 class UpdateRule(abc.ABC):
-  """The interface every update rule implements (learned or hand-designed)."""
+  """The interface every update rule implements (learned or hand-designed).
+
+  Lifetime-aware rules (``needs_progress``) also take a ``LifetimeProgress``
+  as ``targets(..., progress=...)``; ``lpg.update.inner_update`` passes it to
+  them only, so rules written without that argument keep working.
+  """
 
   name: str = "rule"
+  needs_progress: bool = False
 
   @abc.abstractmethod
   def head_sizes(self) -> dict[str, int]:
@@ -61,6 +82,8 @@ class UpdateRule(abc.ABC):
       rollout: ``Rollout`` with ``[T(+1), B]`` leading dims.
       agent_out: the agent's outputs on ``rollout.obs`` (``[T+1, B, ...]``).
       hypers: inner hyperparameters.
+      progress: (only rules with ``needs_progress``, as a keyword) the
+        ``LifetimeProgress`` of the agent.
     Returns:
       ``RuleOutputs`` with ``[T, B, ...]`` arrays.
     """
@@ -81,10 +104,16 @@ class LPGConfig:
       (about 16x cheaper, LPG_SPEC 6b).
     y_dim: m, the size of the prediction vector y [ported: 30].
     phi_hidden: width of the shared phi MLP, m -> phi_hidden -> 1 [ported: 16].
+    lifetime_inputs: also feed the rule n/N and log N at every step (TA-LPG,
+      LPG_SPEC section 9): N the agent updates the lifetime is planned to
+      last, n those done.  Such a rule needs ``progress`` in ``targets``
+      [default off: the rule, its parameters and its outputs are exactly
+      those of a rule without the option].
   """
   hidden: int = 256
   y_dim: int = 30
   phi_hidden: int = 16
+  lifetime_inputs: bool = False
 
   def __post_init__(self):
     for f in ("hidden", "y_dim", "phi_hidden"):
@@ -102,6 +131,8 @@ class LPGInputs(NamedTuple):
     pi_a: pi(a_t | s_t).
     y: ``[T, B, m]`` y(s_t).
     y_next: ``[T, B, m]`` y(s_{t+1}).
+    progress: n/N, only for lifetime-aware rules (else ``None``).
+    log_planned: log N, only for lifetime-aware rules (else ``None``).
   """
   reward: jax.Array
   done: jax.Array
@@ -109,29 +140,42 @@ class LPGInputs(NamedTuple):
   pi_a: jax.Array
   y: jax.Array
   y_next: jax.Array
+  progress: jax.Array | None = None
+  log_planned: jax.Array | None = None
 
 
-def lpg_inputs(rollout: Rollout, agent_out: AgentOutputs, gamma) -> LPGInputs:
+def lpg_inputs(rollout: Rollout, agent_out: AgentOutputs, gamma,
+               progress: LifetimeProgress | None = None) -> LPGInputs:
   """Builds the rule's inputs from a rollout and the agent's outputs on it.
 
   The rule sees rewards, done flags, the discount, the probability of the
   taken action and the agent's predictions y: never observations or actions.
+  With ``progress`` it also sees n/N and log N (broadcast over ``[T, B]``).
   """
   probs = jax.nn.softmax(agent_out.logits[:-1])                       # [T, B, A]
   pi_a = jnp.take_along_axis(probs, rollout.actions[..., None], axis=-1)[..., 0]
   y_all = jax.nn.softmax(agent_out.heads["y"])                         # [T+1, B, m]
   done = rollout.done
-  return LPGInputs(reward=rollout.rewards, done=done,
-                   gamma=jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), done.shape),
-                   pi_a=pi_a, y=y_all[:-1], y_next=y_all[1:])
+  full = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), done.shape)
+  extra = {}
+  if progress is not None:
+    planned = jnp.maximum(progress.planned, 1.0)
+    extra = dict(progress=full(progress.done / planned), log_planned=full(jnp.log(planned)))
+  return LPGInputs(reward=rollout.rewards, done=done, gamma=full(gamma),
+                   pi_a=pi_a, y=y_all[:-1], y_next=y_all[1:], **extra)
 
 
 def _lpg_network(config: LPGConfig):
   def forward(inputs: LPGInputs):
     phi = hk.nets.MLP([config.phi_hidden, 1], name="phi")
-    x = jnp.concatenate([
-        inputs.reward[..., None], inputs.done[..., None], inputs.gamma[..., None],
-        inputs.pi_a[..., None], phi(inputs.y), phi(inputs.y_next)], axis=-1)    # [T, B, 6]
+    parts = [inputs.reward[..., None], inputs.done[..., None], inputs.gamma[..., None],
+             inputs.pi_a[..., None], phi(inputs.y), phi(inputs.y_next)]
+    if config.lifetime_inputs:
+      if inputs.progress is None or inputs.log_planned is None:
+        raise ValueError("this rule is lifetime-aware (lifetime_inputs=True): pass "
+                         "progress=LifetimeProgress(n, N) to its targets / inner_update")
+      parts += [inputs.progress[..., None], inputs.log_planned[..., None]]
+    x = jnp.concatenate(parts, axis=-1)                     # [T, B, 6] (+2 lifetime inputs)
     core = hk.ResetCore(hk.LSTM(config.hidden, name="lstm"))
     batch = x.shape[1]
     # Backwards in time; at step t the state coming from t+1 is dropped when the
@@ -171,6 +215,7 @@ class LPGRule(UpdateRule):
 
   def __init__(self, config: LPGConfig = LPGConfig()):
     self.config = config
+    self.needs_progress = bool(config.lifetime_inputs)
     self._net = _lpg_network(config)
 
   def head_sizes(self) -> dict[str, int]:
@@ -179,7 +224,9 @@ class LPGRule(UpdateRule):
   def init(self, key: jax.Array) -> PyTree:
     t, b, m = 2, 1, self.config.y_dim
     z = jnp.zeros((t, b))
-    dummy = LPGInputs(z, z, z, z, jnp.full((t, b, m), 1.0 / m), jnp.full((t, b, m), 1.0 / m))
+    life = (z, z) if self.config.lifetime_inputs else (None, None)
+    dummy = LPGInputs(z, z, z, z, jnp.full((t, b, m), 1.0 / m), jnp.full((t, b, m), 1.0 / m),
+                      *life)
     return self._net.init(key, dummy)
 
   def apply(self, params: PyTree, inputs: LPGInputs) -> RuleOutputs:
@@ -187,8 +234,10 @@ class LPGRule(UpdateRule):
     pi_hat, y_hat = self._net.apply(params, inputs)
     return RuleOutputs(pi_hat=pi_hat, y_hat=y_hat)
 
-  def targets(self, params, rollout, agent_out, hypers):
-    return self.apply(params, lpg_inputs(rollout, agent_out, hypers.gamma))
+  def targets(self, params, rollout, agent_out, hypers, progress=None):
+    if not self.needs_progress:
+      progress = None
+    return self.apply(params, lpg_inputs(rollout, agent_out, hypers.gamma, progress))
 
   def agent_loss(self, agent_out, targets, rollout, hypers):
     pg = jnp.mean(targets.pi_hat * log_prob(agent_out.logits[:-1], rollout.actions))

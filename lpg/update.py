@@ -16,7 +16,7 @@ import jax
 import optax
 
 from lpg.networks import AgentNetwork
-from lpg.rule import InnerHypers, UpdateRule
+from lpg.rule import InnerHypers, LifetimeProgress, UpdateRule
 from lpg.types import PyTree, Rollout, RuleOutputs
 
 OPTIMIZERS = ("sgd", "adam")
@@ -69,14 +69,26 @@ class UpdateResult(NamedTuple):
 
 def inner_update(rule: UpdateRule, rule_params: PyTree, net: AgentNetwork,
                  optimizer: optax.GradientTransformation, agent_params: PyTree,
-                 opt_state: PyTree, rollout: Rollout, hypers: InnerHypers) -> UpdateResult:
+                 opt_state: PyTree, rollout: Rollout, hypers: InnerHypers,
+                 progress: LifetimeProgress | None = None) -> UpdateResult:
   """One agent update from ``rollout`` (``[T(+1), B]``) under ``rule``.
+
+  ``progress`` (n updates done of the lifetime's planned N, see
+  ``lpg.rule.make_progress``) reaches only lifetime-aware rules
+  (``rule.needs_progress``); other rules ignore it, so callers may always
+  pass it when they know it.  A lifetime-aware rule without it is an error.
 
   Returns the new parameters and optimiser state, the rule's targets (for the
   meta-objective's regularisers) and the loss metrics.
   """
   agent_out = net.apply(agent_params, rollout.obs)
-  targets = rule.targets(rule_params, rollout, agent_out, hypers)
+  if rule.needs_progress:
+    if progress is None:
+      raise ValueError(f"rule {rule.name!r} is lifetime-aware: pass progress=make_progress(n, N) "
+                       "(updates done, updates planned) to inner_update")
+    targets = rule.targets(rule_params, rollout, agent_out, hypers, progress=progress)
+  else:
+    targets = rule.targets(rule_params, rollout, agent_out, hypers)
 
   def loss_fn(p):
     return rule.agent_loss(net.apply(p, rollout.obs), targets, rollout, hypers)
