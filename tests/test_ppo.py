@@ -10,6 +10,8 @@ import pytest
 
 import envs
 from lpg.networks import AgentConfig
+from lpg.rule import make_hypers
+from lpg.update import OptimizerConfig
 from meta_test import ppo
 from meta_test.apply import final_returns
 from meta_test.train import run_seeds
@@ -108,14 +110,19 @@ def test_config_rejects_indivisible_minibatches():
 
 
 def test_chunked_run_equals_whole_run():
-  """``run_chunk`` (what ``run_seeds`` calls, the last chunk partly skipped)
-  reproduces ``train``; metrics have ``[S, U]``."""
+  """``make_ppo_train_fns`` (the ``make_train_fns`` argument list) chunked as
+  ``run_seeds`` runs it (the last chunk partly skipped) reproduces
+  ``make_train``'s whole run; metrics have ``[S, U]``."""
   env = envs.make("CartPole")
   cfg = ppo.PPOConfig(num_envs=2, rollout_len=8, num_minibatches=2, update_epochs=2)
-  fns = ppo.make_train_fns(cfg, env, AgentConfig("mlp", (8,)), num_updates=5, chunk=2)
+  agent = AgentConfig("mlp", (8,))
+  fns = ppo.make_ppo_train_fns(env, ppo.PPORule(cfg), {}, agent,
+                               OptimizerConfig("adam", max_grad_norm=cfg.max_grad_norm),
+                               make_hypers(cfg.learning_rate, gamma=cfg.gamma),
+                               cfg.num_envs, cfg.rollout_len, num_updates=5, chunk=2)
   keys = jax.random.split(jax.random.PRNGKey(3), 2)
   res = run_seeds(fns, keys)
-  _, whole = jax.jit(jax.vmap(fns.train))(keys)
+  _, whole = jax.jit(jax.vmap(ppo.make_train(cfg, env, agent, num_updates=5)))(keys)
   assert res.metrics.loss.shape == (2, 5)
   for a, b in zip(res.metrics, whole):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
