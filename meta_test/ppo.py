@@ -111,12 +111,17 @@ class PPOConfig:
     return int(self.num_envs * self.rollout_len)
 
 
-# Per observation kind.  vector: purejaxrl CartPole (above).  image: gymnax-blines
-# MinAtar PPO [ported: gymnax-blines agents/<Game>-MinAtar/ppo.yaml: 64 envs x 128
-# steps, 8 minibatches, 4 epochs, lr 5e-4 constant, clip 0.2, lambda 0.95,
-# entropy 0.01, critic 0.5, grad norm 0.5; its gamma 0.999 is replaced by 0.99,
-# the discount every other algorithm here uses].  index: tabular agents [chosen:
-# the vector settings with lr 0.1, zero tables, no orthogonal init].
+# Per observation kind.
+# vector: purejaxrl CartPole (above) with lr 1e-3 [chosen: purejaxrl's 2.5e-4 suits
+#   its separate tanh actor and critic; on the shared ReLU torso of lpg.networks
+#   (64, 64) it reached 190 on CartPole at 500k steps (1 seed), 1e-3 reached 500 on
+#   3 of 3 seeds (keys split from PRNGKey(0))].
+# image: gymnax-blines MinAtar PPO [ported: gymnax-blines agents/<Game>-MinAtar/
+#   ppo.yaml: 64 envs x 128 steps, 8 minibatches, 4 epochs, lr 5e-4 constant,
+#   clip 0.2, lambda 0.95, entropy 0.01, critic 0.5, grad norm 0.5, MLP 256x2; its
+#   gamma 0.999 is replaced by 0.99, the discount every other algorithm here uses].
+# index: tabular agents [chosen: the vector settings with lr 0.1 (zero tables;
+#   orthogonal init leaves tables alone): 1.0 on chain/short at 100k steps, 2 seeds].
 PPO_DEFAULTS: dict[str, PPOConfig] = {
     "vector": PPOConfig(learning_rate=1e-3),
     "image": PPOConfig(learning_rate=5e-4, num_envs=64, rollout_len=128, num_minibatches=8,
