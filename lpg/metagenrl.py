@@ -71,7 +71,17 @@ class MetaGenRLConfig:
     return len(FEATURES) + int(self.use_progress)
 
   def to_dict(self) -> dict:
+    """What an artifact stores to rebuild the rule (with ``family = FAMILY``)."""
     return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "MetaGenRLConfig":
+    """Inverse of ``to_dict``; unknown keys are refused (ValueError)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown MetaGenRL config field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
 
 
 def objective_features(rollout: Rollout, agent_out: AgentOutputs, gamma,

@@ -71,6 +71,10 @@ class MetaGenRLTrainConfig:
     meta_grad_clip: global-norm clip of the meta-gradient, 0 to disable
       [code: ``clip_gradient`` 1.0].
     entropy_coef: policy entropy bonus added to the meta-objective [chosen: 0].
+    held_out: score the updated policy on segments held out of the inner steps;
+      ``False`` scores it on the inner steps' own states (as the paper's code
+      does; needed for tabular agents on large state spaces, whose update
+      moves only the rows of the states it saw) [chosen: True].
     lifetime_updates: agent updates per lifetime before a fresh agent replaces
       it; 0 never replaces [chosen: 0].
   """
@@ -88,6 +92,7 @@ class MetaGenRLTrainConfig:
   meta_lr: float = 1e-3
   meta_grad_clip: float = 1.0
   entropy_coef: float = 0.0
+  held_out: bool = True
   lifetime_updates: int = 0
 
   def __post_init__(self):
@@ -266,21 +271,24 @@ class MetaGenRLProblem:
     A replayed batch of ``(K+1) * batch_segments`` segments is split in K+1
     parts: K inner steps (one per part) on the objective through the agent's
     optimiser and state, then ``mean_s sum_a pi_{theta_K}(a|s) Q_1(s, a)`` (plus
-    ``entropy_coef`` times the policy entropy) on the last part's states.
+    ``entropy_coef`` times the policy entropy) on the last part's states
+    (without ``held_out``: K parts, scored on all their states).
 
     Returns ``(loss, (value, entropy))``; ``loss`` is differentiable w.r.t.
     ``rule_params`` (second order through the inner steps).
     """
     c = self.config
-    batch = buffer_sample(state.buffer, key, (c.num_inner + 1) * c.batch_segments)
-    *inner_parts, held_out = split_segments(batch, c.num_inner + 1)
+    parts = c.num_inner + int(c.held_out)
+    batch = buffer_sample(state.buffer, key, parts * c.batch_segments)
+    inner_parts = split_segments(batch, parts)[:c.num_inner]
+    scored = split_segments(batch, parts)[-1] if c.held_out else batch
     rule = self.rule_for(state)
     params, opt_state = state.agent_params, state.opt_state
     for part in inner_parts:
       res = inner_update(rule, rule_params, self.net, self.optimizer, params, opt_state, part,
                          state.hypers)
       params, opt_state = res.params, res.opt_state
-    obs = held_out.obs[:-1]
+    obs = scored.obs[:-1]
     logits = self.net.apply(params, obs).logits
     q1 = self.critic.apply(sg(state.critic_params), obs).logits
     value = jnp.mean(jnp.sum(jax.nn.softmax(logits) * q1, axis=-1))

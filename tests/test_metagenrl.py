@@ -39,18 +39,19 @@ def test_objective_output_at_t_ignores_steps_before_t():
   t, b = 9, 2
   feats = jax.random.normal(jax.random.PRNGKey(1), (t, b, rule.config.num_features))
   done = jnp.zeros((t, b))
-  out = rule.apply(params, feats, done)
+  apply = jax.jit(rule.apply)
+  out = apply(params, feats, done)
   cut = 5
   changed = feats.at[:cut].set(jax.random.normal(jax.random.PRNGKey(2), (cut, b, feats.shape[-1])))
-  out2 = rule.apply(params, changed, done.at[:cut].set(1.0))
+  out2 = apply(params, changed, done.at[:cut].set(1.0))
   np.testing.assert_allclose(out2[cut:], out[cut:], rtol=1e-6, atol=1e-7)
   assert float(jnp.abs(out2[:cut] - out[:cut]).max()) > 1e-4
   # ... while steps after t do reach t, unless the episode ended at t.
   later = feats.at[cut + 1:].add(1.0)
-  assert float(jnp.abs(rule.apply(params, later, done)[cut] - out[cut]).min()) > 1e-5
+  assert float(jnp.abs(apply(params, later, done)[cut] - out[cut]).min()) > 1e-5
   ended = done.at[cut].set(1.0)
-  np.testing.assert_allclose(rule.apply(params, later, ended)[cut],
-                             rule.apply(params, feats, ended)[cut], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(apply(params, later, ended)[cut], apply(params, feats, ended)[cut],
+                             rtol=1e-6, atol=1e-7)
 
 
 def test_hand_set_objective_is_an_actor_critic_update():
@@ -67,8 +68,8 @@ def test_hand_set_objective_is_an_actor_critic_update():
   params = {"~": {"pi": jax.random.normal(k1, (n_s, n_a)), "v": jax.random.normal(k2, (n_s, 1))}}
   opt = make_optimizer(OptimizerConfig("sgd", max_grad_norm=0.0))
   hypers = make_hypers(lr, gamma=gamma)
-  res = inner_update(rule, actor_critic_params(rule), net, opt, params, opt.init(params),
-                     rollout, hypers)
+  res = jax.jit(lambda p: inner_update(rule, actor_critic_params(rule), net, opt, p, opt.init(p),
+                                       rollout, hypers))(params)
 
   # Independent numpy computation.
   pi_w, v_w = np.asarray(params["~"]["pi"]), np.asarray(params["~"]["v"])[:, 0]
@@ -103,8 +104,9 @@ def test_features_and_progress_input():
   params = rule.init(jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="progress"):
     rule.targets(params, rollout, out, make_hypers(1.0))
-  a = rule.targets(params, rollout, out, make_hypers(1.0), progress=0.0).pi_hat
-  b = rule.targets(params, rollout, out, make_hypers(1.0), progress=1.0).pi_hat
+  targets = jax.jit(
+      lambda prog: rule.targets(params, rollout, out, make_hypers(1.0), progress=prog))
+  a, b = targets(0.0).pi_hat, targets(1.0).pi_hat
   assert a.shape == (7, 3) and float(jnp.abs(a - b).max()) > 0
 
 
@@ -123,7 +125,8 @@ def test_buffer_is_circular_and_samples_filled_slots():
   assert s.obs.shape == (3, 64) and s.rewards.shape == (2, 64)
   assert set(np.asarray(s.rewards[0]).tolist()) == {21.0, 1.0, 10.0, 11.0, 20.0}
   half = buffer_push(buffer_init(env, 5, 2), r)
-  assert set(np.asarray(buffer_sample(half, jax.random.PRNGKey(1), 32).rewards[0]).tolist()) == {20, 21}
+  sampled = buffer_sample(half, jax.random.PRNGKey(1), 32).rewards[0]
+  assert set(np.asarray(sampled).tolist()) == {20.0, 21.0}
 
 
 # ------------------------------------------------------------------ meta-gradient
@@ -188,3 +191,16 @@ def test_meta_training_on_a_chain_improves_fresh_agents():
   before = _mean_return(env, rule, initial)
   after = _mean_return(env, rule, ms.rule_params)
   assert after > before + 0.3, (before, after)
+
+
+def test_config_round_trip_rebuilds_the_same_objective():
+  config = MetaGenRLConfig(hidden=5, td_lambda=0.5, use_progress=True)
+  again = MetaGenRLConfig.from_dict(config.to_dict())
+  assert again == config
+  params = MetaGenRLRule(config).init(jax.random.PRNGKey(0))
+  shapes = jax.tree_util.tree_map(jnp.shape, MetaGenRLRule(again).init(jax.random.PRNGKey(1)))
+  assert shapes == jax.tree_util.tree_map(jnp.shape, params)
+  with pytest.raises(ValueError, match="unknown"):
+    MetaGenRLConfig.from_dict({"hidden": 4, "y_dim": 3})
+  with pytest.raises(ValueError):
+    MetaGenRLConfig(hidden=0)
