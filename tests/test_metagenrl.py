@@ -180,6 +180,9 @@ def _mean_return(env, rule, rule_params, seeds=4, updates=60):
 
 @pytest.mark.slow
 def test_meta_training_on_a_chain_improves_fresh_agents():
+  """200 meta-steps (4 agents, seed 0) on chain/short: fresh agents' mean return
+  over 60 updates rises by more than 0.3 (measured 0.50 -> 0.87; random policy 0,
+  optimum 1; three meta-training seeds gave 0.85-0.87 after)."""
   env = envs.make("chain/short")
   rule = MetaGenRLRule(MetaGenRLConfig(hidden=16))
   config = MetaGenRLTrainConfig(num_agents=4, num_envs=16, critic_lr=0.1, critic_lambda=0.9,
