@@ -41,7 +41,7 @@ from lpg.rollout import reset_envs, unroll
 from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
 from lpg.types import PyTree, Rollout, RuleOutputs
 from lpg.update import OptimizerConfig
-from meta_test.train import TrainFns, TrainState
+from meta_test.train import RunState as TrainState, TrainFns
 
 sg = jax.lax.stop_gradient
 

@@ -13,9 +13,9 @@ import pytest
 
 import envs
 from lpg.networks import AgentConfig
-from lpg.rule import LPGRule, make_hypers
+from lpg.rule import LPGRule
 from lpg.update import OptimizerConfig
-from meta_test.train import make_train
+from meta_test.train import RunConfig, make_train
 from meta_train.config import PRESETS
 from meta_train.trainer import make_meta_train
 
@@ -24,9 +24,9 @@ MARGIN = 0.3
 
 def final_return(rule, params, seeds=6, updates=150):
   env = envs.make("chain/short")
-  train = make_train(env, rule, params, AgentConfig("tabular"), OptimizerConfig("sgd"),
-                     make_hypers(40.0, 0.5, 0.99), num_envs=16, rollout_len=20,
-                     num_updates=updates)
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 40.0, alpha_y=0.5,
+                     gamma=0.99, num_envs=16, rollout_len=20, num_updates=updates)
+  train = make_train(env, config, rule, params).train
   _, m = jax.jit(jax.vmap(train))(jax.random.split(jax.random.PRNGKey(123), seeds))
   tail = slice(-updates // 5, None)
   per_seed = np.asarray(m.return_sum[:, tail].sum(1) / np.maximum(m.episodes[:, tail].sum(1), 1))
