@@ -20,7 +20,7 @@ import time
 
 # benchmarks/envs.py would shadow the envs package: drop this folder from the path.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-from envs import _xla_flags  # noqa: E402,F401
+import envs  # noqa: E402,F401  (importing a project package applies the XLA CPU guard)
 
 import jax
 import pandas as pd

@@ -61,7 +61,7 @@ def row_config(name: str):
 
 
 def measure(name: str, updates: int) -> dict:
-  from envs import _xla_flags  # noqa: F401
+  import envs  # noqa: F401  (applies the XLA CPU guard before jax)
   import jax
   from meta_train import distributed
   from meta_train.trainer import make_meta_train
