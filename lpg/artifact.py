@@ -148,20 +148,30 @@ def _plain(value, where="metadata"):
   raise TypeError(f"{where} may hold only plain JSON-like values, got {type(value).__name__}")
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, prefix: str = ".tmp-", suffix: str = ".part") -> None:
+  """Writes ``data`` to ``path`` atomically: an fsync-ed temporary file (named
+  ``prefix...suffix`` in the same directory, so a killed writer's leftovers can be
+  recognised), a rename, then an fsync of the directory."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+  dir_fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(dir_fd)
+  finally:
+    os.close(dir_fd)
+
+
+_atomic_write = atomic_write  # older private name
 
 
 def encode_rule(params, config, metadata: dict | None = None, family: str = FAMILY,

@@ -48,6 +48,12 @@ def _number(text: str) -> float:
   return value
 
 
+def _at_least(value, text: str, low, strict: bool):
+  if value < low or (strict and value == low):
+    raise argparse.ArgumentTypeError(f"{text!r} must be {'>' if strict else '>='} {low}")
+  return value
+
+
 def finite_float(text: str) -> float:
   """A finite float (refuses nan and inf)."""
   return _number(text)
@@ -55,18 +61,12 @@ def finite_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
   """A finite float > 0."""
-  value = _number(text)
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-  return value
+  return _at_least(_number(text), text, 0, strict=True)
 
 
 def nonnegative_float(text: str) -> float:
   """A finite float >= 0."""
-  value = _number(text)
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-  return value
+  return _at_least(_number(text), text, 0, strict=False)
 
 
 def _integer(text: str) -> int:
@@ -88,18 +88,12 @@ def integer(text: str) -> int:
 
 def positive_int(text: str) -> int:
   """A whole number >= 1 (counts, steps; ``1e6`` accepted)."""
-  value = _integer(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-  return value
+  return _at_least(_integer(text), text, 1, strict=False)
 
 
 def nonnegative_int(text: str) -> int:
   """A whole number >= 0."""
-  value = _integer(text)
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-  return value
+  return _at_least(_integer(text), text, 0, strict=False)
 
 
 # ----------------------------------------------------------------------- --out
