@@ -88,8 +88,11 @@ first state, the one-hot position (zeros when the level hides it), and the
 distractor bits (fresh uniform bits, zeros beyond the level's count).
 Optimal return ``scale``, uniform-random ``scale * (2 / num_actions - 1)``.
 
-Exact returns of tabular levels (vectorised over levels):
-``envs.procgen_returns.level_returns``.
+Reference returns per level (``envs.procgen_returns``): exact DP for tabular
+levels, vectorised over levels (``level_returns``), and ``level_reference(env,
+level)`` -> ``(optimal, random)`` for tabular and chain levels (None for random
+grids), jittable, to normalise a lifetime's returns by its own level.  The
+families have no entry in ``envs/reference_returns.json`` (no single reference).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.procgen import GridFamily, GridLevel
+from envs.procgen import ChainFamily, GridFamily, GridLevel
 
 
 def _mask_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,3 +106,17 @@ def level_returns(env: GridFamily, levels: GridLevel) -> tuple[jax.Array, jax.Ar
   """``(optimal [L], random [L])`` of a batch of levels (leading axis ``L``), jitted."""
   both = lambda lv: (level_return(env, lv, "optimal"), level_return(env, lv, "random"))
   return jax.jit(jax.vmap(both))(levels)
+
+
+def level_reference(env, level) -> tuple[jax.Array, jax.Array] | None:
+  """``(optimal [], random [])`` expected episode returns of one level, or None.
+
+  Jittable and vmappable (a trainer can normalise a lifetime's returns by its
+  own level): tabular levels by the DP above, chain levels analytically;
+  random-grid levels (and anything else) have none.
+  """
+  if isinstance(env, ChainFamily):
+    return env.optimal_return(level), env.random_return(level)
+  if isinstance(env, GridFamily) and not env.config.per_episode_objects:
+    return level_return(env, level, "optimal"), level_return(env, level, "random")
+  return None

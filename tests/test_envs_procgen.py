@@ -131,6 +131,19 @@ def test_tabular_levels_are_solvable_optimal_beats_random(tabular):
   assert np.median((opt - rnd) / first) > 1.0       # ... and typically by a lot.
 
 
+def test_level_reference_per_family(tabular):
+  env, levels = tabular
+  lv = _take(levels, 5)
+  opt, rnd = jax.jit(lambda x: procgen_returns.level_reference(env, x))(lv)
+  want_opt, want_rnd = procgen_returns.level_returns(env, _take(levels, slice(5, 6)))
+  np.testing.assert_allclose([opt, rnd], [want_opt[0], want_rnd[0]], rtol=1e-5)
+  assert float(opt) == pytest.approx(returns.optimal_return("procgen/tabular", lv), rel=1e-5)
+  chain, chain_levels = _draw("procgen/chain", n=4)
+  opt, rnd = procgen_returns.level_reference(chain, _take(chain_levels, 0))
+  assert float(opt) == float(chain_levels.scale[0]) and float(rnd) == 0.0
+  assert procgen_returns.level_reference(envs.make("procgen/random"), None) is None
+
+
 def _level_of_fixed(name: str, num_actions: int):
   """A family and the level that reproduces the fixed world ``name`` (default params)."""
   fixed = envs.make(name, num_actions=num_actions)
