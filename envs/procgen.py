@@ -151,6 +151,23 @@ class Draws:
   def bernoulli(self, p, shape=()) -> jax.Array:
     return self.uniform(shape) < p
 
+  def distinct_from(self, cells: jax.Array, count: jax.Array, k: int) -> jax.Array:
+    """``[k]`` distinct uniform entries of ``cells[:count]`` (``count >= k``).
+
+    Draw ``j`` is uniform over the ``count - j`` entries not chosen yet: ``r``
+    is shifted past the chosen indices (fixed point of ``r + #{chosen <= x}``,
+    reached in ``j`` rounds).
+    """
+    u = self.uniform((k,))
+    chosen = []
+    for j in range(k):
+      r = jnp.minimum(jnp.floor(u[j] * (count - j)).astype(jnp.int32), count - j - 1)
+      x = r
+      for _ in range(j):
+        x = r + sum((c <= x).astype(jnp.int32) for c in chosen)
+      chosen.append(x)
+    return cells[jnp.stack(chosen)]
+
   def distinct(self, allowed: jax.Array, k: int) -> jax.Array:
     """``[k]`` distinct uniform indices where ``allowed`` ``[C]`` (needs ``k`` allowed)."""
     scores = jnp.where(allowed, self.uniform(allowed.shape), -1.0)
@@ -238,6 +255,10 @@ class GridLevel(NamedTuple):
   level_seed: jax.Array      # [] int32.
   free: jax.Array            # [C] bool walkable cells (one 4-connected component).
   start: jax.Array           # [C] bool reset cells of the agent (tabular kind).
+  free_list: jax.Array       # [C] int32 the free cells first (ascending), then the rest.
+  num_free: jax.Array        # [] int32.
+  start_list: jax.Array      # [C] int32 likewise for ``start``.
+  num_start: jax.Array       # [] int32.
   obj_cells: jax.Array       # [N] int32 canvas cell of each object (per level).
   active: jax.Array          # [N] bool object exists in this level.
   rewards: jax.Array         # [N] float32.
@@ -246,6 +267,31 @@ class GridLevel(NamedTuple):
   action_move: jax.Array     # [A] int32 king-move index (0 = stay) of each action.
   action_collect: jax.Array  # [A] bool the action collects.
   limit: jax.Array           # [] int32 episode limit.
+
+
+def grid_level(free, obj_cells, active, rewards, end_probs, respawn_probs, action_move,
+               action_collect, limit, level_seed=0) -> GridLevel:
+  """A ``GridLevel`` from its defining arrays (shapes as in ``GridLevel``).
+
+  Derives the reset cells (free cells without an active object) and the cell
+  lists the step draws from; jittable.
+  """
+  free = jnp.asarray(free, jnp.bool_)
+  obj_cells = jnp.asarray(obj_cells, jnp.int32)
+  active = jnp.asarray(active, jnp.bool_)
+  occupied = jnp.any((jnp.arange(free.shape[0])[:, None] == obj_cells) & active, axis=1)
+  start = free & ~occupied
+  as_list = lambda m: jnp.argsort(~m, stable=True).astype(jnp.int32)
+  count = lambda m: jnp.sum(m).astype(jnp.int32)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return GridLevel(
+      level_seed=jnp.asarray(level_seed, jnp.int32), free=free, start=start,
+      free_list=as_list(free), num_free=count(free), start_list=as_list(start),
+      num_start=count(start), obj_cells=obj_cells, active=active, rewards=f32(rewards),
+      end_probs=f32(end_probs), respawn_probs=f32(respawn_probs),
+      action_move=jnp.asarray(action_move, jnp.int32),
+      action_collect=jnp.asarray(action_collect, jnp.bool_),
+      limit=jnp.asarray(limit, jnp.int32))
 
 
 class GridLevelState(NamedTuple):
@@ -381,14 +427,10 @@ class GridFamily(_Family):
     count, rewards, end, respawn = self._draw_objects(draws)
     active = jnp.arange(c.max_objects) < count
     obj_cells = self._place_objects(draws, free)
-    occupied = jnp.any((jnp.arange(self.num_cells)[:, None] == obj_cells) & active, axis=1)
     move, collect = self._draw_actions(draws)
     limit = jnp.round(draws.log_uniform(*c.episode_steps))
-    limit = jnp.clip(limit, c.episode_steps[0], c.episode_steps[1]).astype(jnp.int32)
-    return GridLevel(level_seed=seed, free=free, start=free & ~occupied, obj_cells=obj_cells,
-                     active=active, rewards=rewards.astype(jnp.float32),
-                     end_probs=end.astype(jnp.float32), respawn_probs=respawn.astype(jnp.float32),
-                     action_move=move, action_collect=collect, limit=limit)
+    limit = jnp.clip(limit, c.episode_steps[0], c.episode_steps[1])
+    return grid_level(free, obj_cells, active, rewards, end, respawn, move, collect, limit, seed)
 
   # -------------------------------------------------------------- dynamics
   def move(self, pos: jax.Array, action: jax.Array, level: GridLevel) -> jax.Array:
@@ -401,20 +443,20 @@ class GridFamily(_Family):
     return jnp.where(inside & level.free[target], target, pos).astype(jnp.int32)
 
   def reset_env(self, key: jax.Array, level: GridLevel) -> GridLevelState:
-    draws = Draws(key, self.num_cells)
     if self.config.per_episode_objects:
-      cells = draws.distinct(level.free, self.config.max_objects + 1)
+      k = self.config.max_objects + 1
+      cells = Draws(key, k).distinct_from(level.free_list, level.num_free, k)
       pos, obj_pos = cells[0], cells[1:]
     else:
-      pos, obj_pos = draws.distinct(level.start, 1)[0], level.obj_cells
+      pos = Draws(key, 1).distinct_from(level.start_list, level.num_start, 1)[0]
+      obj_pos = level.obj_cells
     return GridLevelState(pos=pos, obj_pos=obj_pos, present=level.active,
                           time=jnp.zeros((), jnp.int32), limit=level.limit)
 
   def step_env(self, key: jax.Array, state: GridLevelState, action: jax.Array,
                level: GridLevel):
     n = self.config.max_objects
-    cells = self.num_cells if self.config.per_episode_objects else 0
-    draws = Draws(key, 1 + n + n * cells)
+    draws = Draws(key, 1 + n + (n if self.config.per_episode_objects else 0))
     action = jnp.asarray(action, jnp.int32)
     pos = self.move(state.pos, action, level)
     hit = (state.obj_pos == pos) & state.present & level.action_collect[action]
@@ -423,8 +465,7 @@ class GridFamily(_Family):
     reappear = ~state.present & level.active & draws.bernoulli(level.respawn_probs, (n,))
     present, obj_pos = state.present & ~hit, state.obj_pos
     if self.config.per_episode_objects:
-      scores = jnp.where(level.free, draws.uniform((n, cells)), -1.0)
-      new_cells = jnp.argmax(scores, axis=1)  # a uniform free cell per object.
+      new_cells = level.free_list[draws.integer(0, level.num_free - 1, (n,))]  # uniform free.
       for i in range(n):  # sequential, so that objects never share a cell.
         blocked = (new_cells[i] == pos) | jnp.any(present & (obj_pos == new_cells[i]))
         ok = reappear[i] & ~blocked

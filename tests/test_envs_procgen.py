@@ -8,7 +8,7 @@ import pytest
 
 import envs
 from envs import procgen, procgen_returns, returns
-from envs.procgen import GridFamilyConfig, GridLevel
+from envs.procgen import GridFamilyConfig
 
 NUM_LEVELS = 128
 
@@ -154,16 +154,10 @@ def _level_of_fixed(name: str, num_actions: int):
   free = np.zeros(g.height * g.width, bool)
   free[g.free_cells] = True
   obj = g.free_cells[np.asarray(fixed.default_params().obj_cells)]
-  start = free.copy()
-  start[obj] = False
   moves = g.move_of_action if num_actions != 5 else np.array([0, 1, 3, 5, 7])
-  level = GridLevel(
-      level_seed=jnp.asarray(0), free=jnp.asarray(free), start=jnp.asarray(start),
-      obj_cells=jnp.asarray(obj, jnp.int32), active=jnp.ones(len(obj), bool),
-      rewards=jnp.asarray(fixed.rewards), end_probs=jnp.asarray(fixed.end_probs, jnp.float32),
-      respawn_probs=jnp.asarray(fixed.respawn_probs, jnp.float32),
-      action_move=jnp.asarray(moves, jnp.int32), action_collect=jnp.asarray(g.collect_of_action),
-      limit=jnp.asarray(fixed.max_episode_steps, jnp.int32))
+  level = procgen.grid_level(free, obj, np.ones(len(obj), bool), fixed.rewards, fixed.end_probs,
+                             fixed.respawn_probs, moves, g.collect_of_action,
+                             fixed.max_episode_steps)
   return fixed, family, level
 
 
@@ -237,6 +231,10 @@ def test_random_grid_image_shows_agent_objects_and_walls():
   np.testing.assert_array_equal(img[..., :n].sum(-2), np.asarray(state.present)[:-1])
   pos = np.asarray(state.pos)[:-1]
   assert np.take_along_axis(np.asarray(levels.free)[None], pos[..., None], -1).all()
+  obj, present = np.asarray(state.obj_pos), np.asarray(state.present)
+  for t, b in zip(*np.nonzero(present.sum(-1) > 0)):   # never two things on one cell.
+    cells = obj[t, b][present[t, b]]
+    assert len(set(cells.tolist())) == len(cells) and np.asarray(state.pos)[t, b] not in cells
   # Objects move between episodes (per-episode placement).
   assert len({tuple(p) for p in np.asarray(state.obj_pos).reshape(-1, n)}) > 8
 
@@ -267,3 +265,14 @@ def test_chain_observation_hides_what_the_level_hides():
   noise = obs[..., -c.max_distractors:]
   used = np.asarray(levels.distractors)
   assert (noise[:, ~used] == 0).all() and noise[:, used].any()
+
+
+def test_draws_distinct_from_is_uniform_without_replacement():
+  cells = jnp.arange(10, dtype=jnp.int32) * 3
+  draw = jax.jit(jax.vmap(lambda k: procgen.Draws(k, 3).distinct_from(cells, jnp.int32(7), 3)))
+  picks = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), 7000)))
+  assert all(len(set(p.tolist())) == 3 for p in picks) and set(picks.ravel().tolist()) <= set(
+      range(0, 21, 3))
+  freq = np.bincount(picks.ravel() // 3, minlength=7) / 7000
+  np.testing.assert_allclose(freq, 3 / 7, atol=0.03)          # each cell equally likely.
+  np.testing.assert_allclose(np.bincount(picks[:, 2] // 3, minlength=7) / 7000, 1 / 7, atol=0.02)
