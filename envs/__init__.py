@@ -3,7 +3,9 @@
 ``envs.make(name, **kwargs)`` builds any registered environment;
 ``envs.list_envs()`` lists the names and ``envs.SUITES`` / ``envs.suite(name)``
 group them ("tabular", "random", "chain", "all" = the 15 training envs,
-"minatar", "classic").  The table itself is ``envs.registry.REGISTRY``.
+"minatar", "classic", and "procgen" / "procgen_val": the
+procedurally generated families of ``envs.procgen``, training and held-out
+validation levels).  The table itself is ``envs.registry.REGISTRY``.
 """
 from envs import xla_guard
 

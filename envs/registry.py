@@ -12,7 +12,7 @@ import functools
 import types
 from typing import Callable, Mapping
 
-from envs import chain, gymnax_envs, random_grid, tabular
+from envs import chain, gymnax_envs, procgen, random_grid, tabular
 from envs.base import Environment
 
 # (name prefix, config table, environment class): every registered family.
@@ -20,6 +20,7 @@ _FAMILIES = (
     ("chain/", chain.CHAIN_CONFIGS, chain.DelayedChain),
     ("tabular/", tabular.TABULAR_CONFIGS, tabular.TabularGrid),
     ("random/", random_grid.RANDOM_GRID_CONFIGS, random_grid.RandomGrid),
+    ("procgen/", procgen.PROCGEN_CONFIGS, procgen.make_family),
     ("", gymnax_envs.GYMNAX_SPECS, gymnax_envs.GymnaxEnv),
 )
 
@@ -38,8 +39,12 @@ SUITES: dict[str, tuple[str, ...]] = {
     "all": sum(_TRAINING_SUITES.values(), ()),
     "minatar": tuple(gymnax_envs.MINATAR),
     "classic": tuple(gymnax_envs.CLASSIC),
+    "procgen": procgen.TRAIN_NAMES,
+    "procgen_val": procgen.VAL_NAMES,
 }
-"""Suite name -> registered names; ``"all"`` is the 15 meta-training environments."""
+"""Suite name -> registered names; ``"all"`` is the 15 meta-training environments,
+``"procgen"`` the procedurally generated families (a new level per lifetime) and
+``"procgen_val"`` the same families' held-out validation levels (``envs.procgen``)."""
 
 
 def list_envs(prefix: str | None = None) -> list[str]:

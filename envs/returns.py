@@ -9,6 +9,10 @@
   The optimum depends on the action set (with 18 actions an agent may walk over
   a negative object without collecting it), so it is computed per env instance.
 * Chains: analytic +1 (optimal) and 0 (random); see ``envs.chain``.
+* Procedural families (``envs.procgen``): per level -- tabular levels by the
+  vectorised JAX DP of ``envs.procgen_returns``, chain levels analytically,
+  random-grid levels none.  They have no entry in the table (a family has no
+  single reference; normalise per level instead).
 * Every env: a Monte-Carlo estimate of the uniform-random policy's return
   (``random_return_mc``: a jitted, vmapped scan that runs each of ``num_envs``
   copies for exactly one episode).
@@ -30,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import chain as chain_lib
-from envs import registry
+from envs import procgen, procgen_returns, registry
 from envs.base import Environment
 from envs.tabular import TabularGrid
 
@@ -160,27 +164,37 @@ def random_return_mc(env: Environment, params=None, num_envs: int = 512, seed: i
 
 
 # ------------------------------------------------------------ public helpers
+def _exact_return(env: Environment, params, policy: str) -> float | None:
+  """Exact expected episode return of ``policy`` where one is known, else None.
+
+  Tabular worlds and tabular family levels by DP, chains (fixed and family)
+  analytically; ``params`` defaults to ``env.default_params()``.
+  """
+  params = env.default_params() if params is None else params
+  if isinstance(env, TabularGrid):
+    return tabular_return(env, params, policy)
+  if isinstance(env, procgen.GridFamily) and not env.config.per_episode_objects:
+    return float(procgen_returns.level_return(env, params, policy))
+  if isinstance(env, (chain_lib.DelayedChain, procgen.ChainFamily)):
+    value = env.optimal_return(params) if policy == "optimal" else env.random_return(params)
+    return float(value)
+  return None
+
+
 def optimal_return(name: str, params=None, **env_kwargs) -> float | None:
   """Optimal expected episode return of ``name`` under ``params`` (None if unknown).
 
-  ``params`` defaults to ``env.default_params()``.
+  ``params`` defaults to ``env.default_params()``; for a procedural family
+  (``envs.procgen``) ``params`` is a level (``env.level(seed)``).
   """
-  env = registry.make(name, **env_kwargs)
-  if isinstance(env, TabularGrid):
-    return tabular_return(env, env.default_params() if params is None else params, "optimal")
-  if isinstance(env, chain_lib.DelayedChain):
-    return env.optimal_return(params)
-  return None
+  return _exact_return(registry.make(name, **env_kwargs), params, "optimal")
 
 
 def random_return(name: str, params=None, **env_kwargs) -> float:
   """Uniform-random expected episode return: exact for tabular and chains, else MC."""
   env = registry.make(name, **env_kwargs)
-  if isinstance(env, TabularGrid):
-    return tabular_return(env, env.default_params() if params is None else params, "random")
-  if isinstance(env, chain_lib.DelayedChain):
-    return env.random_return(params)
-  return random_return_mc(env, params)[0]
+  exact = _exact_return(env, params, "random")
+  return random_return_mc(env, params)[0] if exact is None else exact
 
 
 def load_table(path: str = TABLE_PATH) -> dict[str, Any]:
