@@ -13,7 +13,7 @@ from lpg.networks import AgentConfig
 from lpg.rule import make_hypers
 from lpg.types import AgentOutputs, Rollout
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
-from meta_test.train import make_train
+from meta_test.train import RunConfig, make_train
 from meta_train.metagenrl import (MetaGenRLProblem, MetaGenRLTrainConfig, buffer_init,
                                   buffer_push, buffer_sample, run_meta_train)
 
@@ -171,9 +171,9 @@ def test_meta_gradient_matches_finite_differences(num_inner, opt, lr):
 
 # ------------------------------------------------------------------- it learns
 def _mean_return(env, rule, rule_params, seeds=4, updates=60):
-  train = make_train(env, rule, rule_params, AgentConfig("tabular"), OptimizerConfig("sgd"),
-                     make_hypers(10.0, gamma=0.99), num_envs=16, rollout_len=20,
-                     num_updates=updates)
+  config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 10.0, alpha_y=0.5,
+                     gamma=0.99, num_envs=16, rollout_len=20, num_updates=updates)
+  train = make_train(env, config, rule, rule_params).train
   _, m = jax.jit(jax.vmap(train))(jax.random.split(jax.random.PRNGKey(123), seeds))
   return float(m.return_sum.sum() / m.episodes.sum())
 
