@@ -105,3 +105,22 @@ def test_overlapping_validation_task_is_refused(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "chain/short" in err[0] and "training env" in err[0]
   assert not os.path.exists(out)
+
+
+def test_lpg_apply_uses_the_artifacts_settings_and_a_flag_overrides(validated_run, tmp_path):
+  from meta_test.plan import ALPHA_Y, DEFAULTS, artifact_hypers, make_plan
+  path = os.path.join(validated_run, "rule.pkl")
+  stored = load_rule(path).extras["meta_test"]["tabular"]
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "a"), rule_path=path)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == pytest.approx(
+      (stored["learning_rate"], stored["alpha_y"]))
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "b"), rule_path=path,
+                   learning_rate=7.0)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == pytest.approx((7.0, stored["alpha_y"]))
+  h = artifact_hypers(load_rule(path), "tabular", 7.0, 40.0)
+  assert h["sources"] == {"learning_rate": "flag", "alpha_y": "artifact"}
+  old = os.path.join(os.path.dirname(__file__), "..", "artifacts", "lpg_toy15.pkl")
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "c"), rule_path=old)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == (DEFAULTS["index"].learning_rate, ALPHA_Y)
+  assert artifact_hypers(load_rule(old), "mlp", None, 1e-3)["sources"] == {
+      "learning_rate": "default", "alpha_y": "default"}
