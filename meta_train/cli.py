@@ -34,8 +34,23 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
               "max_consecutive_skips")
 # Flags that fix what a run computes: given on --resume they must match the run.
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
-         "validate_envs", "validate_every", "validate_updates", "validate_seeds")
-VALIDATE = ("validate_every", "validate_updates", "validate_seeds")
+         "validate_envs", "validate_every", "validate_updates", "validate_seeds",
+         "lifetime_updates", "lifetime_updates_min")
+NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
+            "lifetime_updates_min")
+
+
+# Counts of validation and lifetime length: (flag, type, help).
+_COUNT_FLAGS = (
+    ("--validate-every", cli.nonnegative_int,
+     "meta-updates between held-out validations (and one at the end); 0: off"),
+    ("--validate-updates", cli.positive_int, "agent updates of one validation lifetime"),
+    ("--validate-seeds", cli.positive_int, "validation lifetimes per task"),
+    ("--lifetime-updates", cli.positive_int,
+     "agent updates of one training lifetime (the longest, with --lifetime-updates-min)"),
+    ("--lifetime-updates-min", cli.nonnegative_int,
+     "draw each lifetime's length log-uniformly from [this, --lifetime-updates] (0: fixed)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,12 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--validate-envs", default=None,
                  help="held-out validation tasks: a suite or comma list of env names, none of "
                       "--envs (default: the preset's, less any training env)")
-  p.add_argument("--validate-every", type=cli.nonnegative_int, default=None,
-                 help="meta-updates between held-out validations (and one at the end); 0: off")
-  p.add_argument("--validate-updates", type=cli.positive_int, default=None,
-                 help="agent updates of one validation lifetime")
-  p.add_argument("--validate-seeds", type=cli.positive_int, default=None,
-                 help="validation lifetimes per task")
+  for flag, kind, text in _COUNT_FLAGS:
+    p.add_argument(flag, type=kind, default=None, help=text)
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--coordinator", default=None,
                  help="HOST:PORT of process 0, to join a multi-host run (jax.distributed)")
@@ -128,7 +139,7 @@ def make_config(args):
   overrides = {"envs": expand_envs(args.envs if args.envs is not None else ",".join(config.envs))}
   overrides["validate_envs"] = validate_envs(args.validate_envs, config.validate_envs,
                                              overrides["envs"])
-  for field in CHANGEABLE + VALIDATE + ("seed", "meta_lr", "agents_per_env", "agent_chunk"):
+  for field in CHANGEABLE + NEW_RUN_ONLY + ("seed", "meta_lr", "agents_per_env", "agent_chunk"):
     if getattr(args, field) is not None:
       overrides[field] = getattr(args, field)
   return dataclasses.replace(config, **overrides)

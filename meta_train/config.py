@@ -80,6 +80,10 @@ class TrainConfig:
     validate_updates: agent updates of one validation lifetime (rollouts of
       ``meta.rollout_len`` x ``meta.num_envs`` steps each).
     validate_seeds: validation lifetimes per task (vmapped).
+    lifetime_updates_min: 0 (every lifetime lasts ``lifetime_updates``), or
+      the lower bound of a log-uniform draw of each new lifetime's length N in
+      ``[lifetime_updates_min, lifetime_updates]`` (``lpg.lifetime.sample_planned``;
+      TA-LPG), so meta-training covers the horizons meta-testing uses.
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -110,6 +114,7 @@ class TrainConfig:
   validate_every: int = 0
   validate_updates: int = 60
   validate_seeds: int = 2
+  lifetime_updates_min: int = 0
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
@@ -139,6 +144,10 @@ class TrainConfig:
       values = getattr(self, f)
       if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{f.replace('_', '-')} must be finite numbers > 0, got {values}")
+    if self.lifetime_updates_min and not (
+        self.meta.num_inner <= self.lifetime_updates_min <= self.lifetime_updates):
+      raise ValueError(f"lifetime-updates-min ({self.lifetime_updates_min}) must lie between K "
+                       f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")

@@ -93,6 +93,8 @@ def settled(setup, bandit_state) -> dict:
     lr, ay = setup.arm_table[rows[0], arm]
     out[kind] = {"learning_rate": float(lr), "alpha_y": float(ay),
                  "probability": float(mean[arm]), "lifetime_updates": int(c.lifetime_updates)}
+    if c.lifetime_updates_min:
+      out[kind]["lifetime_updates_min"] = int(c.lifetime_updates_min)
   return out
 
 

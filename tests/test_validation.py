@@ -124,3 +124,38 @@ def test_lpg_apply_uses_the_artifacts_settings_and_a_flag_overrides(validated_ru
   assert (plan.run.learning_rate, plan.run.alpha_y) == (DEFAULTS["index"].learning_rate, ALPHA_Y)
   assert artifact_hypers(load_rule(old), "mlp", None, 1e-3)["sources"] == {
       "learning_rate": "default", "alpha_y": "default"}
+
+
+def test_plots_draw_training_and_validation_panels(validated_run, tmp_path):
+  from meta_train import plots
+  df = plots.score_frame(os.path.join(validated_run, "metrics.jsonl"))
+  assert set(df.split) == {"train", "validation"}
+  assert set(df[df.split == "validation"].task) == {"chain/long"}
+  out = str(tmp_path / "curves.png")
+  assert plots.main([validated_run, out, "--x", "agent_steps"]) == 0
+  assert os.path.getsize(out) > 0
+
+
+def test_lifetime_lengths_fixed_or_log_uniform():
+  import dataclasses
+  import jax
+  from meta_train.config import PRESETS
+  from meta_train.trainer import lifetime_lengths
+  tiny = PRESETS["tiny"]
+  fixed = lifetime_lengths(tiny, jax.random.PRNGKey(0), 5)
+  assert fixed.tolist() == [8] * 5
+  ranged = dataclasses.replace(tiny, lifetime_updates=200, lifetime_updates_min=4)
+  n = np.asarray(lifetime_lengths(ranged, jax.random.PRNGKey(0), 2000))
+  assert n.min() >= 4 and n.max() <= 200
+  # log-uniform: about half the draws below the geometric mean sqrt(4 * 201) ~ 28
+  assert 0.4 < np.mean(n < 28) < 0.6
+  with pytest.raises(ValueError, match="lifetime-updates-min"):
+    dataclasses.replace(tiny, lifetime_updates_min=1)
+
+
+def test_ranged_lifetimes_run(tmp_path):
+  out = str(tmp_path / "run")
+  assert main(TINY + ["--out", out, "--num-updates", "2", "--lifetime-updates", "12",
+                      "--lifetime-updates-min", "2"]) == 0
+  s = load_rule(os.path.join(out, "rule.pkl")).extras["meta_test"]["tabular"]
+  assert (s["lifetime_updates"], s["lifetime_updates_min"]) == (12, 2)
