@@ -184,6 +184,30 @@ def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) ->
     raise UserError(f"{flag} must be a {kind}, got {value}")
 
 
+def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
+                    default_lr: float) -> dict:
+  """The inner learning rate and alpha_y of an LPG run, and where each came from.
+
+  An artifact written by ``lpg-meta-train`` carries ``extras["meta_test"]`` with,
+  per agent kind (``tabular``; ``network`` for MLP/conv agents), the learning rate
+  and alpha_y its bandit settled on; those are the defaults, a ``--lr`` flag
+  overrides, and an artifact without them (or another algorithm) keeps the
+  built-in defaults.  Returns ``{"learning_rate", "alpha_y", "sources": {name:
+  "artifact" | "flag" | "default"}, "artifact": the stored entry or None}``.
+  """
+  extras = getattr(loaded_rule, "extras", None) or {}
+  stored = (extras.get("meta_test") or {}).get("tabular" if agent_kind == "tabular"
+                                                else "network")
+  stored = stored if isinstance(stored, dict) else None
+  lr, lr_src = ((float(learning_rate), "flag") if learning_rate is not None else
+                (float(stored["learning_rate"]), "artifact") if stored and "learning_rate" in stored
+                else (float(default_lr), "default"))
+  ay, ay_src = ((float(stored["alpha_y"]), "artifact") if stored and "alpha_y" in stored
+                else (ALPHA_Y, "default"))
+  return {"learning_rate": lr, "alpha_y": ay, "artifact": stored,
+          "sources": {"learning_rate": lr_src, "alpha_y": ay_src}}
+
+
 def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
@@ -217,11 +241,11 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
   b, t = int(num_envs or d.num_envs), int(rollout_len or d.rollout_len)
+  h = artifact_hypers(loaded_rule if ALGOS[algo].needs_rule else None, kind, learning_rate,
+                      own.learning_rate)
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
-                  learning_rate=float(learning_rate if learning_rate is not None
-                                      else own.learning_rate),
-                  alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
+                  learning_rate=h["learning_rate"], alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
                   num_updates=max(1, math.ceil(int(steps) / (b * t))))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
               seed=int(seed))

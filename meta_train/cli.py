@@ -33,7 +33,24 @@ PROG = "lpg-meta-train"
 CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call",
               "max_consecutive_skips")
 # Flags that fix what a run computes: given on --resume they must match the run.
-FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule")
+FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
+         "validate_envs", "validate_every", "validate_updates", "validate_seeds",
+         "lifetime_updates", "lifetime_updates_min")
+NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
+            "lifetime_updates_min")
+
+
+# Counts of validation and lifetime length: (flag, type, help).
+_COUNT_FLAGS = (
+    ("--validate-every", cli.nonnegative_int,
+     "meta-updates between held-out validations (and one at the end); 0: off"),
+    ("--validate-updates", cli.positive_int, "agent updates of one validation lifetime"),
+    ("--validate-seeds", cli.positive_int, "validation lifetimes per task"),
+    ("--lifetime-updates", cli.positive_int,
+     "agent updates of one training lifetime (the longest, with --lifetime-updates-min)"),
+    ("--lifetime-updates-min", cli.nonnegative_int,
+     "draw each lifetime's length log-uniformly from [this, --lifetime-updates] (0: fixed)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="stop cleanly (checkpoint + rule) after this many seconds; resume later")
   p.add_argument("--init-rule", default=None,
                  help="start the rule from this artifact (its config must match the preset's)")
+  p.add_argument("--validate-envs", default=None,
+                 help="held-out validation tasks: a suite or comma list of env names, none of "
+                      "--envs (default: the preset's, less any training env)")
+  for flag, kind, text in _COUNT_FLAGS:
+    p.add_argument(flag, type=kind, default=None, help=text)
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.add_argument("--coordinator", default=None,
                  help="HOST:PORT of process 0, to join a multi-host run (jax.distributed)")
@@ -75,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def expand_envs(spec: str) -> tuple[str, ...]:
+def expand_envs(spec: str, flag: str = "--envs") -> tuple[str, ...]:
   import envs
   names: list[str] = []
   for part in [s.strip() for s in spec.split(",") if s.strip()]:
@@ -85,7 +107,7 @@ def expand_envs(spec: str) -> tuple[str, ...]:
       envs.make(part)  # raises ValueError naming close matches
       names.append(part)
   if not names:
-    raise UserError("--envs is empty; give a suite (all, tabular, random, chain) or env names")
+    raise UserError(f"{flag} is empty; give a suite (all, tabular, random, chain) or env names")
   return tuple(dict.fromkeys(names))
 
 
@@ -97,11 +119,27 @@ def _preset(name: str | None):
   return name, PRESETS[name]
 
 
+def validate_envs(spec: str | None, default: tuple[str, ...], train: tuple[str, ...]):
+  """The validation tasks: ``spec`` expanded (none may be a training env), or ``default``
+  less the training envs."""
+  if spec is None:
+    return tuple(n for n in default if n not in train)
+  names = expand_envs(spec, "--validate-envs")
+  overlap = [n for n in names if n in train]
+  if overlap:
+    raise UserError(f"--validate-envs {','.join(overlap)} {'is a' if len(overlap) == 1 else 'are'}"
+                    f" training env{'s' * (len(overlap) > 1)}; held-out validation needs tasks "
+                    "outside --envs")
+  return names
+
+
 def make_config(args):
   """The config of a new run: the preset with the flags' overrides."""
   _, config = _preset(args.preset)
   overrides = {"envs": expand_envs(args.envs if args.envs is not None else ",".join(config.envs))}
-  for field in CHANGEABLE + ("seed", "meta_lr", "agents_per_env", "agent_chunk"):
+  overrides["validate_envs"] = validate_envs(args.validate_envs, config.validate_envs,
+                                             overrides["envs"])
+  for field in CHANGEABLE + NEW_RUN_ONLY + ("seed", "meta_lr", "agents_per_env", "agent_chunk"):
     if getattr(args, field) is not None:
       overrides[field] = getattr(args, field)
   return dataclasses.replace(config, **overrides)
@@ -126,10 +164,10 @@ def resume_config(args, record: dict, out: str):
     value = getattr(args, flag)
     if value is None:
       continue
-    if flag == "envs":
+    if flag in ("envs", "validate_envs"):
       value = expand_envs(value)
     if value != ran[flag]:
-      shown = ",".join(ran[flag]) if flag == "envs" else ran[flag]
+      shown = ",".join(ran[flag]) if flag in ("envs", "validate_envs") else ran[flag]
       conflicts.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} (the run has {shown})")
   if conflicts:
     raise UserError(f"--resume continues the run in {out} as it was configured: "

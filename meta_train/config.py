@@ -21,7 +21,7 @@ from lpg.rule import LPGConfig
 TABULAR_LRS = (20.0, 40.0, 80.0, 160.0, 320.0)
 NETWORK_LRS = (2e-4, 5e-4, 1e-3, 2e-3, 4e-3)
 ALPHA_YS = (0.1, 0.5, 1.0)  # [ported]
-TUPLE_FIELDS = ("envs", "mlp_hidden", "tabular_lrs", "network_lrs", "alpha_ys")
+TUPLE_FIELDS = ("envs", "mlp_hidden", "tabular_lrs", "network_lrs", "alpha_ys", "validate_envs")
 # Fields of configs written by earlier versions that no longer exist (dropped on load).
 RETIRED_FIELDS = ("fault_injection_step",)
 
@@ -73,6 +73,17 @@ class TrainConfig:
     max_consecutive_skips: a run with this many non-finite meta-updates in a
       row stops, keeping its last good checkpoint.
     seed: master seed.
+    validate_envs: held-out tasks (registered names, none of ``envs``) on which
+      fresh agents are trained with the current rule (``meta_train.validation``).
+    validate_every: meta-updates between validations (and one at the end);
+      0 turns validation off.
+    validate_updates: agent updates of one validation lifetime (rollouts of
+      ``meta.rollout_len`` x ``meta.num_envs`` steps each).
+    validate_seeds: validation lifetimes per task (vmapped).
+    lifetime_updates_min: 0 (every lifetime lasts ``lifetime_updates``), or
+      the lower bound of a log-uniform draw of each new lifetime's length N in
+      ``[lifetime_updates_min, lifetime_updates]`` (``lpg.lifetime.sample_planned``;
+      TA-LPG), so meta-training covers the horizons meta-testing uses.
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -99,13 +110,25 @@ class TrainConfig:
   keep_checkpoints: int = 2
   max_consecutive_skips: int = 10
   seed: int = 0
+  validate_envs: tuple[str, ...] = ()
+  validate_every: int = 0
+  validate_updates: int = 60
+  validate_seeds: int = 2
+  lifetime_updates_min: int = 0
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
               "bandit_window", "max_consecutive_skips", "keep_checkpoints"):
       if int(getattr(self, f)) < 1:
         raise ValueError(f"{f.replace('_', '-')} must be >= 1, got {getattr(self, f)}")
-    for f in ("num_updates", "checkpoint_every"):
+    for f in ("validate_updates", "validate_seeds"):
+      if int(getattr(self, f)) < 1:
+        raise ValueError(f"{f.replace('_', '-')} must be >= 1, got {getattr(self, f)}")
+    overlap = sorted(set(self.validate_envs) & set(self.envs))
+    if overlap:
+      raise ValueError(f"--validate-envs {','.join(overlap)} are training envs; held-out "
+                       "validation needs tasks outside --envs")
+    for f in ("num_updates", "checkpoint_every", "validate_every"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"{f.replace('_', '-')} must be >= 0, got {getattr(self, f)}")
     if self.agent_chunk < 0 or (self.agent_chunk and self.agents_per_env % self.agent_chunk):
@@ -121,9 +144,17 @@ class TrainConfig:
       values = getattr(self, f)
       if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{f.replace('_', '-')} must be finite numbers > 0, got {values}")
+    if self.lifetime_updates_min and not (
+        self.meta.num_inner <= self.lifetime_updates_min <= self.lifetime_updates):
+      raise ValueError(f"lifetime-updates-min ({self.lifetime_updates_min}) must lie between K "
+                       f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
+
+  @property
+  def validating(self) -> bool:
+    return bool(self.validate_envs) and self.validate_every > 0
 
   @property
   def population(self) -> int:
@@ -160,19 +191,25 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
         envs=("chain/short",), agents_per_env=2, num_updates=4, lifetime_updates=8,
         rule=LPGConfig(hidden=8, y_dim=4, phi_hidden=4),
-        meta=MetaConfig(num_inner=2, rollout_len=8, num_envs=4), checkpoint_every=2, log_every=1),
+        meta=MetaConfig(num_inner=2, rollout_len=8, num_envs=4), checkpoint_every=2, log_every=1,
+        validate_envs=("chain/long",), validate_every=0, validate_updates=8),
     # A few minutes on 2 CPU cores: two small worlds, a 32-wide rule.
-    "smoke": TrainConfig(),
+    # Validation: two held-out toy worlds, 60 updates x 2 seeds every 10 meta-updates.
+    "smoke": TrainConfig(validate_envs=("chain/long", "tabular/sparse"), validate_every=10),
     # A real CPU run: all 15 worlds, a 64-wide rule (16x cheaper than 256 on
     # CPU, LPG_SPEC 6b), 4 lifetimes per world, short lifetimes.
     "cpu": TrainConfig(
         envs=("all",), agents_per_env=4, num_updates=3000, lifetime_updates=500,
         rule=LPGConfig(hidden=64), meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=32),
-        meta_lr=3e-4, checkpoint_every=100, log_every=10),
+        meta_lr=3e-4, checkpoint_every=100, log_every=10,
+        validate_envs=("CartPole",), validate_every=100, validate_updates=200),
     # An accelerator run close to the reproductions' scale: 256-wide rule,
     # 32 lifetimes per world (480), 64 envs x 20 steps, K = 5.
     "gpu": TrainConfig(
         envs=("all",), agents_per_env=32, num_updates=5000, lifetime_updates=1000,
         rule=LPGConfig(hidden=256), meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=64),
-        meta_lr=1e-4, checkpoint_every=100, log_every=10, updates_per_call=1),
+        meta_lr=1e-4, checkpoint_every=100, log_every=10, updates_per_call=1,
+        # Two MinAtar games at 800 x 20 x 64 = 1.02M steps per lifetime, and CartPole.
+        validate_envs=("Breakout", "SpaceInvaders", "CartPole"), validate_every=100,
+        validate_updates=800, validate_seeds=2),
 }

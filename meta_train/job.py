@@ -4,8 +4,10 @@
 builds the compiled functions and restores the checkpoint or initialises the
 state (loading ``--init-rule``), so a damaged checkpoint or a mismatched rule is
 refused with nothing changed.  Between compiled calls (``MetaTrain.run``) the
-host only logs, checkpoints and checks the stop conditions; this is where a
-held-out validation call will sit.
+host only logs, validates (``meta_train.validation``: every ``validate_every``
+meta-updates and at the end), checkpoints and checks the stop conditions.  A
+validating run checkpoints ``JobState(train, best)`` so a resume keeps the best
+rule and its score.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 
 from lpg.cli import EXIT_FAILED, UserError
-from meta_train import checkpoint, distributed, run_dir
+from meta_train import checkpoint, distributed, run_dir, validation
 from meta_train.cli import PROG, git_commit
 from meta_train.logging_utils import MetricsLogger
 from meta_train.trainer import make_meta_train
@@ -50,19 +52,29 @@ def load_init_rule(path: str, config, shardings):
 
 
 def start_state(plan, mt):
-  """``(state, wall_offset)``: restored from the newest checkpoint, or a fresh start."""
+  """``(state, best, wall_offset)``: restored from the newest checkpoint, or a fresh start.
+
+  ``best`` (``validation.Best``) is None when the run does not validate.
+  """
+  validating = plan.config.validating
   if plan.restore:
     template = jax.eval_shape(mt.init, plan.config.seed)
-    state, header, _ = checkpoint.restore_latest(plan.out, template)
+    if validating:
+      template = validation.JobState(template, validation.Best(
+          jax.ShapeDtypeStruct((), np.float32), jax.ShapeDtypeStruct((), np.int32),
+          template.rule_params))
+    saved, header, _ = checkpoint.restore_latest(plan.out, template)
+    state, best = (saved.train, saved.best) if validating else (saved, None)
     state = (distributed.from_host(state, mt.shardings) if mt.shardings is not None
              else jax.tree_util.tree_map(jax.numpy.asarray, state))
-    return state, float(header.get("wall_time_s", 0.0))
+    return state, best, float(header.get("wall_time_s", 0.0))
   rule_params = (load_init_rule(plan.init_rule, plan.config, mt.shardings)
                  if plan.init_rule else None)
   state = mt.init(plan.config.seed)
   if rule_params is not None:
     state = state._replace(rule_params=rule_params)
-  return state, 0.0
+  best = validation.initial_best(state.rule_params) if validating else None
+  return state, best, 0.0
 
 
 def write_start(plan) -> None:
@@ -80,13 +92,13 @@ def write_start(plan) -> None:
 
 
 class Exporter:
-  """Writes the checkpoint and ``rule.pkl`` (process 0; every process joins the gather)."""
+  """Writes the checkpoint, ``rule.pkl`` and ``rule_best.pkl`` (process 0; all join the gather)."""
 
-  def __init__(self, plan, device_desc: str):
-    self.plan, self.device_desc = plan, device_desc
+  def __init__(self, plan, device_desc: str, setup):
+    self.plan, self.device_desc, self.setup = plan, device_desc, setup
     self.commands = [h.get("command") for h in run_dir.history(plan.record)]
 
-  def __call__(self, state, wall: float) -> None:
+  def __call__(self, state, wall: float, best=None) -> None:
     from lpg.artifact import save_rule
     config, step = self.plan.config, scalar(state.step)
     meta = {"command": self.commands[0], "commands": self.commands, "envs": list(config.envs),
@@ -96,11 +108,18 @@ class Exporter:
             "hardware": self.device_desc, "wall_time_s": round(wall, 1),
             "train_config": config.to_dict()}
     host_state = distributed.to_host(state)
-    if self.plan.main_process:
-      checkpoint.save(self.plan.out, host_state, step, {"wall_time_s": wall},
-                      keep=config.keep_checkpoints)
-      save_rule(os.path.join(self.plan.out, run_dir.RULE), host_state.rule_params, config.rule,
-                meta)
+    if not self.plan.main_process:
+      return
+    saved = host_state if best is None else validation.JobState(host_state, best)
+    checkpoint.save(self.plan.out, saved, step, {"wall_time_s": wall},
+                    keep=config.keep_checkpoints)
+    extras = {"meta_test": validation.settled(self.setup, host_state.bandit)}
+    save_rule(os.path.join(self.plan.out, run_dir.RULE), host_state.rule_params, config.rule,
+              meta, extras=extras)
+    if best is not None and int(best.step) >= 0:
+      save_rule(os.path.join(self.plan.out, validation.RULE_BEST), best.rule_params, config.rule,
+                dict(meta, validation_score=float(best.score), validated_at=int(best.step)),
+                extras=extras)
 
 
 class _Stop:
@@ -124,8 +143,9 @@ def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int
     raise UserError(str(e)) from None
   mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
   mt = make_meta_train(config, mesh=mesh)
-  state, wall_offset = start_state(plan, mt)
+  state, best, wall_offset = start_state(plan, mt)
   write_start(plan)
+  validator = validation.make_validator(mt.setup, plan.out) if best is not None else None
   device_desc = (f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
                  f"{jax.process_count()} process(es)")
   for note in plan.notes:
@@ -136,11 +156,47 @@ def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int
   logger = MetricsLogger(os.path.join(plan.out, run_dir.METRICS), config, mt,
                          resume=plan.restore or os.path.exists(os.path.join(plan.out, run_dir.METRICS)),
                          start_step=scalar(state.step), write=plan.main_process)
-  return _loop(plan, mt, state, logger, Exporter(plan, device_desc), wall_offset, time_limit,
-               progress)
+  check = Checker(plan, mt, validator, logger, best)
+  return _loop(plan, mt, state, logger, Exporter(plan, device_desc, mt.setup), wall_offset,
+               time_limit, progress, check)
 
 
-def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress) -> int:
+class Checker:
+  """Runs held-out validation between compiled calls and keeps the best rule (or does nothing)."""
+
+  def __init__(self, plan, mt, validator, logger, best):
+    self.plan, self.mt, self.validator, self.logger, self.best = plan, mt, validator, logger, best
+    self.seconds, self.postfix = 0.0, {}
+    self.last = int(best.step) if best is not None else -1  # last validated meta-update
+
+  def due(self, step: int, final: bool) -> bool:
+    """At the first step of each new multiple of ``validate_every``, and at the end."""
+    every = self.plan.config.validate_every
+    if self.validator is None or self.last == step:
+      return False
+    return final or step // every > max(self.last, 0) // every
+
+  def __call__(self, state, step: int, wall: float, final: bool = False) -> None:
+    if not self.due(step, final):
+      return
+    tic = time.time()
+    settings = validation.settled(self.mt.setup, state.bandit)
+    result = validation.validate(self.validator, self.plan.config, state.rule_params, settings)
+    score = result["validation_score"]
+    self.best = validation.improved(self.best, score if score is not None else np.nan, step,
+                                    state.rule_params)
+    dt = time.time() - tic
+    self.seconds += dt
+    self.last = step
+    self.logger.write_line(dict(
+        meta_update=step, agent_steps=step * self.plan.config.agent_steps_per_update,
+        wall_time_s=round(wall + dt, 2), **result, validation_best=float(self.best.score),
+        validation_best_at=int(self.best.step), validation_seconds=round(dt, 2)))
+    self.postfix = {"val": "nan" if score is None else f"{score:.2f}",
+                    "best": f"{float(self.best.score):.2f}"}
+
+
+def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress, check) -> int:
   """Runs compiled calls until done, stopped, timed out or failing; prints the summary."""
   from tqdm import tqdm
   config, out = plan.config, plan.out
@@ -166,8 +222,9 @@ def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress) ->
         skips = skips + 1 if s else 0
       postfix = logger.add(metrics, seconds=dt, step=step, wall=wall())
       bar.update(n)
-      if postfix:
-        bar.set_postfix(postfix, refresh=False)
+      check(state, step, wall())
+      if postfix or check.postfix:
+        bar.set_postfix({**(postfix or {}), **check.postfix}, refresh=False)
       if skips >= config.max_consecutive_skips:
         bar.close()
         logger.flush(step, wall())
@@ -176,21 +233,23 @@ def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress) ->
               "rate)", file=sys.stderr)
         return EXIT_FAILED
       if config.checkpoint_every and step - last_ckpt >= config.checkpoint_every:
-        export(state, wall())
+        export(state, wall(), check.best)
         last_ckpt = step
       timed_out = time_limit is not None and time.time() - t0 >= time_limit
       if stopper.signal is not None or timed_out:
         break
     logger.flush(step, wall())
-    export(state, wall())
+    check(state, step, wall(), final=step >= config.num_updates)
+    export(state, wall(), check.best)
   finally:
     bar.close()
     for s, h in old_handlers.items():
       signal.signal(s, h)
-  return _summary(plan, state, stopper, timed_out, start_step, time.time() - t0, first_call)
+  return _summary(plan, state, stopper, timed_out, start_step, time.time() - t0, first_call,
+                  check)
 
 
-def _summary(plan, state, stopper, timed_out, start_step, wall, first_call) -> int:
+def _summary(plan, state, stopper, timed_out, start_step, wall, first_call, check) -> int:
   config, step = plan.config, scalar(state.step)
   resume = f"continue with: {PROG} --out {shlex.quote(plan.out)} --resume"
   if stopper.signal is not None and step < config.num_updates:
@@ -207,4 +266,9 @@ def _summary(plan, state, stopper, timed_out, start_step, wall, first_call) -> i
   print(f"{PROG}: {step} meta-updates ({done} this session, {wall:.0f} s, {rate:,.0f} "
         f"agent-steps/s, {scalar(state.skipped)} skipped); rule: "
         f"{os.path.join(plan.out, run_dir.RULE)}", file=sys.stderr)
+  if check.validator is not None:
+    print(f"{PROG}: validation took {check.seconds:.1f} s ({100 * check.seconds / max(wall, 1e-9):.1f}"
+          f"% of this session's wall time); best validation score {float(check.best.score):.3f} at "
+          f"meta-update {int(check.best.step)}: {os.path.join(plan.out, validation.RULE_BEST)}",
+          file=sys.stderr)
   return 0

@@ -31,8 +31,9 @@ class MetricsLogger:
     if resume and os.path.exists(path):
       with open(path) as f:
         lines = [json.loads(l) for l in f if l.strip()]
-      if lines:
-        self.skipped_total = lines[-1].get("skipped_total", 0)
+      totals = [l["skipped_total"] for l in lines if "skipped_total" in l]
+      if totals:
+        self.skipped_total = totals[-1]
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines past ``step`` (written after the checkpoint a resume starts from)."""
@@ -42,6 +43,14 @@ class MetricsLogger:
     with open(tmp, "w") as f:
       f.writelines(lines)
     os.replace(tmp, self.path)
+
+  def write_line(self, line: dict) -> None:
+    """Appends one JSON line (a validation record, say) to metrics.jsonl."""
+    if self.write:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
   def _reset(self):
     self.items = []
@@ -107,11 +116,7 @@ class MetricsLogger:
         "mean_normalised_return": float(np.mean(norms)) if norms else None,
         "envs": per_env,
     }
-    if self.write:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    self.write_line(line)
     self._reset()
     postfix = {"loss": f"{line['meta_loss']:.3f}" if line["meta_loss"] is not None else "nan",
                "steps/s": f"{line['agent_steps_per_s']:,.0f}"}

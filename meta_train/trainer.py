@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 import envs as envs_lib
+from lpg.lifetime import sample_planned
 from lpg.meta_objective import MetaMetrics, MetaProblem, population_meta_grad
 from lpg.networks import AgentConfig
 from lpg.rule import LPGRule, make_hypers
@@ -144,14 +145,24 @@ def make_meta_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 # ---------------------------------------------------------------- lifetimes
+def lifetime_lengths(config: TrainConfig, key: jax.Array, num: int):
+  """Planned lengths N of ``num`` new lifetimes: ``lifetime_updates``, or ``[num]`` drawn
+  log-uniformly from ``[lifetime_updates_min, lifetime_updates]`` when that is set."""
+  if not config.lifetime_updates_min:
+    return jnp.full((num,), config.lifetime_updates, jnp.int32)
+  return jax.vmap(lambda k: sample_planned(k, config.lifetime_updates_min,
+                                           config.lifetime_updates))(jax.random.split(key, num))
+
+
 def fresh_lives(setup: MetaSetup, e: int, key: jax.Array, arms: jax.Array):
   """``[P_e]`` new lifetimes on env ``e`` with the arms' hyperparameters (``arms`` ``[P_e]``)."""
   c = setup.config
   lr = jnp.asarray(setup.arm_table[e, :, 0])[arms]
   ay = jnp.asarray(setup.arm_table[e, :, 1])[arms]
   hypers = make_hypers(lr, ay, jnp.full(arms.shape, c.rule_gamma, jnp.float32))
-  return jax.vmap(setup.problems[e].init_lifetime, in_axes=(0, 0, None))(
-      jax.random.split(key, c.agents_per_env), hypers, c.lifetime_updates)
+  horizons = lifetime_lengths(c, jax.random.fold_in(key, 7), c.agents_per_env)
+  return jax.vmap(setup.problems[e].init_lifetime, in_axes=(0, 0, 0))(
+      jax.random.split(key, c.agents_per_env), hypers, horizons)
 
 
 def init_state(setup: MetaSetup, meta_opt: optax.GradientTransformation, seed: int) -> TrainState:

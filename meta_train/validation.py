@@ -1,0 +1,183 @@
+"""Held-out validation of the rule during meta-training, and the best rule so far.
+
+``make_validator(setup, out)`` builds one compiled function
+``scores(rule_params, learning_rates [V], alpha_ys [V]) -> [V]`` that trains
+``validate_seeds`` fresh agents (vmapped) with the given rule on each of the
+``V`` validation tasks (``lpg.lifetime``: forward only, one ``lax.scan`` per
+lifetime) and returns each task's mean episode return over the last
+``WINDOW`` of the lifetimes.  The rule and the inner hyperparameters are
+arguments, so every validation call of a run reuses the one compilation; the
+keys are fixed per run (common random numbers), so two rules are compared on
+the same tasks, agents and environment noise.
+
+Scores are normalised per task as ``(R - R_random) / (R_opt - R_random)``:
+with ``envs.returns.reference_pair`` where the table knows the optimum; else
+(classic control, MinAtar) with the uniform-random policy's return measured
+once (``envs.returns.random_return``) and ``R_opt - R_random`` replaced by
+``max(|R_random|, 1)``: the score is then the improvement over the random
+policy in units of its return (CartPole: 0 is random, about 21.7 is the
+500-step optimum).  The baselines are cached in ``DIR/validation_baselines.json``.
+The run's validation score is the mean of its tasks' scores.
+
+Which inner hyperparameters validation agents get: for each agent kind
+(tabular SGD, network Adam) the bandit arm with the highest probability
+averaged over the training envs of that kind (``settled``); a kind the run
+does not train gets the middle candidates.  ``settled`` is also what the
+artifact records as its meta-test settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpg.lifetime import LifetimeConfig, fitness, make_lifetime
+from lpg.rule import make_hypers
+from lpg.types import PyTree
+from meta_train import bandit
+
+WINDOW = 0.25  # the final quarter of a validation lifetime counts
+BASELINES = "validation_baselines.json"
+RULE_BEST = "rule_best.pkl"
+
+
+class Best(NamedTuple):
+  """The best validated rule so far (host arrays; checkpointed with the state)."""
+  score: np.ndarray         # [] float32, -inf before the first validation.
+  step: np.ndarray          # [] int32 meta-update it was validated at, -1 before.
+  rule_params: PyTree
+
+
+class JobState(NamedTuple):
+  """What a validating job checkpoints: the training state and the best rule."""
+  train: object             # trainer.TrainState
+  best: Best
+
+
+def initial_best(rule_params: PyTree) -> Best:
+  return Best(np.asarray(-np.inf, np.float32), np.asarray(-1, np.int32),
+              jax.tree_util.tree_map(np.asarray, jax.device_get(rule_params)))
+
+
+def improved(best: Best, score: float, step: int, rule_params: PyTree) -> Best:
+  """``best`` replaced by the rule at ``step`` if ``score`` is finite and higher."""
+  if not np.isfinite(score) or score <= float(best.score):
+    return best
+  return Best(np.asarray(score, np.float32), np.asarray(step, np.int32),
+              jax.tree_util.tree_map(np.asarray, jax.device_get(rule_params)))
+
+
+def kind_of(name: str) -> str:
+  import envs
+  return "tabular" if envs.make(name).obs_spec.kind == "index" else "network"
+
+
+def settled(setup, bandit_state) -> dict:
+  """Per agent kind the bandit's favourite arm: ``{kind: {learning_rate, alpha_y, probability}}``.
+
+  The arm probabilities (``bandit.probabilities``) are averaged over the training
+  envs of that kind; ``lifetime_updates`` is the lifetime length trained for.
+  """
+  c = setup.config
+  probs = np.asarray(bandit.probabilities(bandit_state, c.bandit_temperature, c.bandit_bonus))
+  kinds = [kind_of(name) for name in c.envs]
+  out = {}
+  for kind in dict.fromkeys(kinds):
+    rows = [e for e, k in enumerate(kinds) if k == kind]
+    mean = probs[rows].mean(0)
+    arm = int(np.argmax(mean))
+    lr, ay = setup.arm_table[rows[0], arm]
+    out[kind] = {"learning_rate": float(lr), "alpha_y": float(ay),
+                 "probability": float(mean[arm]), "lifetime_updates": int(c.lifetime_updates)}
+    if c.lifetime_updates_min:
+      out[kind]["lifetime_updates_min"] = int(c.lifetime_updates_min)
+  return out
+
+
+def _fallback(config, kind: str) -> dict:
+  lrs = config.tabular_lrs if kind == "tabular" else config.network_lrs
+  return {"learning_rate": float(lrs[len(lrs) // 2]),
+          "alpha_y": float(config.alpha_ys[len(config.alpha_ys) // 2])}
+
+
+def hypers_for(config, kinds, settings: dict) -> tuple[np.ndarray, np.ndarray]:
+  """``[V]`` learning rates and alpha_ys of the validation tasks of ``kinds``."""
+  chosen = [settings.get(k) or _fallback(config, k) for k in kinds]
+  return (np.array([c["learning_rate"] for c in chosen], np.float32),
+          np.array([c["alpha_y"] for c in chosen], np.float32))
+
+
+def baselines(names, out: str | None) -> dict:
+  """``{name: (R_opt, R_random)}`` for normalisation, cached in ``out``/``BASELINES``."""
+  from envs import returns
+  path = os.path.join(out, BASELINES) if out else None
+  cached = {}
+  if path and os.path.isfile(path):
+    with open(path) as f:
+      cached = {k: tuple(v) for k, v in json.load(f).items()}
+  refs = {}
+  for name in names:
+    ref = cached.get(name) or returns.reference_pair(name)
+    if ref is None:
+      rand = float(returns.random_return(name))
+      ref = (rand + max(abs(rand), 1.0), rand)
+    refs[name] = tuple(float(x) for x in ref)
+  if path and refs != cached and jax.process_index() == 0:
+    from meta_train.checkpoint import atomic_write
+    atomic_write(path, json.dumps({k: list(v) for k, v in refs.items()}, indent=1).encode())
+  return refs
+
+
+class Validator(NamedTuple):
+  names: tuple[str, ...]
+  kinds: tuple[str, ...]
+  references: dict            # name -> (R_opt, R_random)
+  scores: Callable            # (rule_params, lrs [V], alpha_ys [V]) -> [V] raw returns
+
+
+def make_scores(setup, names, seed: int) -> Callable:
+  """The compiled ``scores(rule_params, lrs [V], alpha_ys [V]) -> [V]`` mean returns."""
+  from meta_train.trainer import env_setup
+  c = setup.config
+  life = LifetimeConfig(c.validate_updates, c.meta.rollout_len, c.meta.num_envs)
+  lifetimes = []
+  for name in names:
+    env, agent, opt, _ = env_setup(name, c)
+    lifetimes.append(make_lifetime(env, setup.rule, agent, opt, life, diagnostics=False))
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+  @jax.jit
+  def scores(rule_params, lrs, ays):
+    out = []
+    for v, lifetime in enumerate(lifetimes):
+      hypers = make_hypers(lrs[v], ays[v], c.rule_gamma)
+      keys = jax.random.split(jax.random.fold_in(key, v), c.validate_seeds)
+      trace = jax.vmap(lifetime, (None, None, 0))(rule_params, hypers, keys)
+      out.append(jnp.mean(fitness(trace, WINDOW)))
+    return jnp.stack(out)
+
+  return scores
+
+
+def make_validator(setup, out: str | None) -> Validator:
+  c = setup.config
+  names = tuple(c.validate_envs)
+  return Validator(names, tuple(kind_of(n) for n in names), baselines(names, out),
+                   make_scores(setup, names, c.seed))
+
+
+def validate(validator: Validator, config, rule_params, settings: dict) -> dict:
+  """One validation: ``{"validation": {task: {return, score}}, "validation_score": mean}``."""
+  lrs, ays = hypers_for(config, validator.kinds, settings)
+  raw = np.asarray(jax.device_get(validator.scores(rule_params, lrs, ays)), np.float64)
+  tasks = {}
+  for name, r, lr, ay in zip(validator.names, raw, lrs, ays):
+    opt, rand = validator.references[name]
+    tasks[name] = {"return": float(r), "score": float((r - rand) / (opt - rand)),
+                   "learning_rate": float(lr), "alpha_y": float(ay)}
+  mean = float(np.mean([t["score"] for t in tasks.values()]))
+  return {"validation": tasks, "validation_score": mean if np.isfinite(mean) else None}

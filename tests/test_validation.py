@@ -1,0 +1,161 @@
+"""Held-out validation inside lpg-meta-train (issue 13): scores, best rule, resume, refusal."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lpg.artifact import load_rule
+from meta_train import checkpoint, validation
+from meta_train.cli import main
+from meta_train_helpers import TINY, tiny_run
+
+
+def _lines(out):
+  return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def validated_run(tmp_path_factory):
+  return tiny_run(tmp_path_factory, 4, 2, "--validate-every", "2")
+
+
+def test_validation_scores_reach_the_metrics_and_best_rule(validated_run):
+  out = validated_run
+  val = [l for l in _lines(out) if "validation" in l]
+  assert [l["meta_update"] for l in val] == [2, 4]
+  for l in val:
+    task = l["validation"]["chain/long"]
+    assert np.isfinite(task["return"]) and np.isfinite(task["score"])
+    assert l["validation_score"] == pytest.approx(task["score"])
+    assert l["agent_steps"] > 0
+  assert [l["meta_update"] for l in _lines(out) if "envs" in l] == [1, 2, 3, 4]
+  best = load_rule(os.path.join(out, validation.RULE_BEST))
+  assert best.metadata["validated_at"] in (2, 4)
+  assert json.load(open(os.path.join(out, validation.BASELINES)))["chain/long"] == [1.0, 0.0]
+
+
+def test_artifact_carries_meta_test_settings(validated_run):
+  settings = load_rule(os.path.join(validated_run, "rule.pkl")).extras["meta_test"]
+  assert set(settings) == {"tabular"}
+  s = settings["tabular"]
+  assert s["learning_rate"] in (20.0, 40.0, 80.0, 160.0, 320.0)
+  assert s["alpha_y"] == pytest.approx(0.1) or s["alpha_y"] in (0.5, 1.0)
+  assert 0 < s["probability"] <= 1 and s["lifetime_updates"] == 8
+
+
+def test_improved_keeps_the_higher_score():
+  a, b = {"w": np.zeros(2)}, {"w": np.ones(2)}
+  best = validation.initial_best(a)
+  best = validation.improved(best, 0.5, 2, b)
+  assert (float(best.score), int(best.step)) == (0.5, 2)
+  kept = validation.improved(best, 0.1, 4, a)
+  assert kept is best
+  assert validation.improved(best, float("nan"), 6, a) is best
+
+
+@pytest.fixture
+def rigged(monkeypatch):
+  """Validation scores taken from a list, one per validation, instead of training agents."""
+  def arm(scores):
+    scores = list(scores)
+
+    def fake(validator, config, rule_params, settings):
+      s = scores.pop(0)
+      return {"validation": {"chain/long": {"return": s, "score": s}}, "validation_score": s}
+    monkeypatch.setattr(validation, "validate", fake)
+  return arm
+
+
+def _rule_at(out, step):
+  path = checkpoint.path_for(out, step)
+  with np.load(path) as z:
+    return {k[len("train/rule_params/"):]: z[k] for k in z.files
+            if k.startswith("train/rule_params/")}
+
+
+def _flat(params):
+  return {f"{m}/{n}": np.asarray(v) for m in params for n, v in params[m].items()}
+
+
+def test_best_rule_is_the_higher_scoring_one_and_survives_resume(tmp_path, rigged):
+  out = str(tmp_path / "run")
+  argv = TINY + ["--out", out, "--validate-every", "2", "--checkpoint-every", "2"]
+  rigged([0.9])
+  assert main(argv + ["--num-updates", "2"]) == 0
+  at_two = _rule_at(out, 2)
+  rigged([0.2, 0.3])
+  assert main(["--out", out, "--resume", "--num-updates", "6", "--no-progress"]) == 0
+  best = load_rule(os.path.join(out, validation.RULE_BEST))
+  assert best.metadata["validated_at"] == 2 and best.metadata["validation_score"] == pytest.approx(0.9)
+  got = _flat(best.params)
+  assert got.keys() == at_two.keys()
+  for k in got:
+    np.testing.assert_array_equal(got[k], at_two[k])
+  val = [l for l in _lines(out) if "validation" in l]
+  assert [(l["meta_update"], l["validation_best"]) for l in val] == [
+      (2, pytest.approx(0.9)), (4, pytest.approx(0.9)), (6, pytest.approx(0.9))]
+  with np.load(checkpoint.path_for(out, 6)) as z:
+    assert float(z["best/score"]) == pytest.approx(0.9) and int(z["best/step"]) == 2
+
+
+def test_overlapping_validation_task_is_refused(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  assert main(TINY + ["--out", out, "--validate-envs", "chain/short,chain/long"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "chain/short" in err[0] and "training env" in err[0]
+  assert not os.path.exists(out)
+
+
+def test_lpg_apply_uses_the_artifacts_settings_and_a_flag_overrides(validated_run, tmp_path):
+  from meta_test.plan import ALPHA_Y, DEFAULTS, artifact_hypers, make_plan
+  path = os.path.join(validated_run, "rule.pkl")
+  stored = load_rule(path).extras["meta_test"]["tabular"]
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "a"), rule_path=path)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == pytest.approx(
+      (stored["learning_rate"], stored["alpha_y"]))
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "b"), rule_path=path,
+                   learning_rate=7.0)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == pytest.approx((7.0, stored["alpha_y"]))
+  h = artifact_hypers(load_rule(path), "tabular", 7.0, 40.0)
+  assert h["sources"] == {"learning_rate": "flag", "alpha_y": "artifact"}
+  old = os.path.join(os.path.dirname(__file__), "..", "artifacts", "lpg_toy15.pkl")
+  plan = make_plan("chain/long", "lpg", 1000, 1, str(tmp_path / "c"), rule_path=old)
+  assert (plan.run.learning_rate, plan.run.alpha_y) == (DEFAULTS["index"].learning_rate, ALPHA_Y)
+  assert artifact_hypers(load_rule(old), "mlp", None, 1e-3)["sources"] == {
+      "learning_rate": "default", "alpha_y": "default"}
+
+
+def test_plots_draw_training_and_validation_panels(validated_run, tmp_path):
+  from meta_train import plots
+  df = plots.score_frame(os.path.join(validated_run, "metrics.jsonl"))
+  assert set(df.split) == {"train", "validation"}
+  assert set(df[df.split == "validation"].task) == {"chain/long"}
+  out = str(tmp_path / "curves.png")
+  assert plots.main([validated_run, out, "--x", "agent_steps"]) == 0
+  assert os.path.getsize(out) > 0
+
+
+def test_lifetime_lengths_fixed_or_log_uniform():
+  import dataclasses
+  import jax
+  from meta_train.config import PRESETS
+  from meta_train.trainer import lifetime_lengths
+  tiny = PRESETS["tiny"]
+  fixed = lifetime_lengths(tiny, jax.random.PRNGKey(0), 5)
+  assert fixed.tolist() == [8] * 5
+  ranged = dataclasses.replace(tiny, lifetime_updates=200, lifetime_updates_min=4)
+  n = np.asarray(lifetime_lengths(ranged, jax.random.PRNGKey(0), 2000))
+  assert n.min() >= 4 and n.max() <= 200
+  # log-uniform: about half the draws below the geometric mean sqrt(4 * 201) ~ 28
+  assert 0.4 < np.mean(n < 28) < 0.6
+  with pytest.raises(ValueError, match="lifetime-updates-min"):
+    dataclasses.replace(tiny, lifetime_updates_min=1)
+
+
+def test_ranged_lifetimes_run(tmp_path):
+  out = str(tmp_path / "run")
+  assert main(TINY + ["--out", out, "--num-updates", "2", "--lifetime-updates", "12",
+                      "--lifetime-updates-min", "2"]) == 0
+  s = load_rule(os.path.join(out, "rule.pkl")).extras["meta_test"]["tabular"]
+  assert (s["lifetime_updates"], s["lifetime_updates_min"]) == (12, 2)
