@@ -26,14 +26,16 @@ import io
 import json
 import os
 import re
-import tempfile
 
 import jax
 import numpy as np
 
+from lpg import artifact
+
 FORMAT = "lpg-meta-train-checkpoint"
 VERSION = 2
 _NAME = re.compile(r"^checkpoint-(\d{8,})\.npz$")
+TMP_PREFIX, TMP_SUFFIX = ".checkpoint-", ".tmp"
 _TMP_PATTERNS = (".checkpoint-*.tmp", ".tmp-*.part")  # ours, and lpg.artifact's rule.pkl writes
 _START_AFRESH = "or start a new run in a new --out"
 
@@ -74,23 +76,9 @@ def exists(directory: str) -> bool:
 
 
 def atomic_write(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through an fsync-ed temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  dir_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)
-  finally:
-    os.close(dir_fd)
+  """Writes ``data`` to ``path`` atomically (``lpg.artifact.atomic_write``); a killed
+  write leaves only a ``.checkpoint-*.tmp`` file, which resume removes."""
+  artifact.atomic_write(path, data, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
 
 
 def save(directory: str, state, step: int, extra: dict | None = None, keep: int = 2) -> str:

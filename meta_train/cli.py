@@ -24,7 +24,6 @@ import subprocess
 import sys
 from typing import NamedTuple
 
-from envs import _xla_flags  # noqa: F401  (must precede jax)
 from lpg import cli
 from lpg.cli import UserError
 

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from envs import returns
+
 
 class MetricsLogger:
   """Accumulates ``StepMetrics`` and writes one JSON object per ``log_every`` updates.
@@ -60,7 +62,7 @@ class MetricsLogger:
     ref = self.mt.references[e]
     if ref is None or value is None:
       return None
-    return (value - ref[1]) / (ref[0] - ref[1])
+    return returns.normalise(value, ref)
 
   def add(self, metrics, seconds: float, step: int, wall: float) -> dict | None:
     """Adds the metrics of one compiled call (leading dim: updates)."""

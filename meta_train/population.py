@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs import returns as returns_lib
+
 from lpg.meta_objective import Lifetime, MetaMetrics
 
 
@@ -107,8 +109,5 @@ def turnover(group: EnvGroup, lives: Lifetime, ret_ema: jax.Array, ret_seen: jax
 
 
 def normalise(reference: tuple[float, float] | None, value: jax.Array) -> jax.Array:
-  """``(value - random) / (optimal - random)``; ``value`` itself without a reference."""
-  if reference is None:
-    return value
-  optimal, random = reference
-  return (value - random) / (optimal - random)
+  """``envs.returns.normalise``; ``value`` itself without a reference."""
+  return value if reference is None else returns_lib.normalise(value, reference)

@@ -117,14 +117,8 @@ def env_setup(name: str, config: TrainConfig):
 
 def reference(name: str):
   """(optimal, random) returns of ``name`` for normalised scores, or None."""
-  try:
-    from envs import returns
-    ref = returns.reference_returns(name)
-  except (ImportError, ValueError, OSError, KeyError):
-    return None
-  if ref.get("optimal") is None or ref["optimal"] == ref["random"]:
-    return None
-  return float(ref["optimal"]), float(ref["random"])
+  from envs import returns
+  return returns.reference_pair(name)
 
 
 def make_setup(config: TrainConfig) -> MetaSetup:
