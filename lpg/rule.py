@@ -109,11 +109,25 @@ class LPGConfig:
       last, n those done.  Such a rule needs ``progress`` in ``targets``
       [default off: the rule, its parameters and its outputs are exactly
       those of a rule without the option].
+    signlog_reward: feed the rule ``sign(r) * log(1 + |r|)`` instead of r
+      (DiscoRL, LPG_SPEC section 9) [default off].
+    normalise_reward: divide the (possibly sign-log) reward input by its root
+      mean square over the rollout, ``r / sqrt(mean_{T,B} r^2 + 1e-8)``
+      [chosen: per-rollout statistics, not a moving average carried in the
+      agent's state, so the rule stays a pure function of one rollout; scale
+      only, no mean subtraction, so the sign of a reward and "no reward" keep
+      their meaning; default off].
+
+  Options at their defaults leave the rule, its parameters and its outputs
+  bit for bit those of a rule without them, and configs saved before they
+  existed load with them off.
   """
   hidden: int = 256
   y_dim: int = 30
   phi_hidden: int = 16
   lifetime_inputs: bool = False
+  signlog_reward: bool = False
+  normalise_reward: bool = False
 
   def __post_init__(self):
     for f in ("hidden", "y_dim", "phi_hidden"):
@@ -165,10 +179,33 @@ def lpg_inputs(rollout: Rollout, agent_out: AgentOutputs, gamma,
                    pi_a=pi_a, y=y_all[:-1], y_next=y_all[1:], **extra)
 
 
+REWARD_NORM_EPS = 1e-8
+
+
+def signlog(x: jax.Array) -> jax.Array:
+  """``sign(x) * log(1 + |x|)`` elementwise."""
+  return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def reward_input(reward: jax.Array, config: LPGConfig) -> jax.Array:
+  """The reward as the rule sees it: ``reward`` ``[T, B]`` transformed per ``config``.
+
+  Sign-log first (``signlog_reward``), then division by the root mean square
+  over the whole ``[T, B]`` rollout (``normalise_reward``).  Both off: the
+  reward itself, untouched.
+  """
+  r = reward
+  if config.signlog_reward:
+    r = signlog(r)
+  if config.normalise_reward:
+    r = r * jax.lax.rsqrt(jnp.mean(jnp.square(r)) + REWARD_NORM_EPS)
+  return r
+
+
 def _lpg_network(config: LPGConfig):
   def forward(inputs: LPGInputs):
     phi = hk.nets.MLP([config.phi_hidden, 1], name="phi")
-    parts = [inputs.reward[..., None], inputs.done[..., None], inputs.gamma[..., None],
+    parts = [reward_input(inputs.reward, config)[..., None], inputs.done[..., None], inputs.gamma[..., None],
              inputs.pi_a[..., None], phi(inputs.y), phi(inputs.y_next)]
     if config.lifetime_inputs:
       if inputs.progress is None or inputs.log_planned is None:
