@@ -109,7 +109,8 @@ def test_stats_and_scores_by_hand():
                  jnp.array([2, 4]), jnp.array([0.2, 0.4]))
   s = stats(state, jnp.array([True, False, False, False]))
   assert int(s["levels"]) == 2 and float(s["replay_share"]) == 0.25
-  assert float(s["mean_score"]) == pytest.approx(0.3) and float(s["max_score"]) == pytest.approx(0.4)
+  assert float(s["mean_score"]) == pytest.approx(0.3)
+  assert float(s["max_score"]) == pytest.approx(0.4)
   assert float(s["mean_staleness"]) == 1.0
   np.testing.assert_allclose(learnability(jnp.array([-0.5, 0.0, 0.5, 0.9, 1.5])),
                              [0.0, 0.0, 0.25, 0.09, 0.0], atol=1e-7)

@@ -50,11 +50,12 @@ def test_k20_rematerialised_meta_gradient_equals_stored(opt):
 
 NORMALISED_INPUTS = LPGConfig(hidden=3, y_dim=3, phi_hidden=2, signlog_reward=True,
                               normalise_reward=True)
+VALUE_INPUTS = LPGConfig(hidden=3, y_dim=3, phi_hidden=2, value_inputs=True)
 
 
 @pytest.mark.parametrize("num_inner,opt,lr,rule_config", [
     (1, "sgd", 2.0, None), (3, "sgd", 2.0, None), (1, "adam", 0.1, None), (3, "adam", 0.1, None),
-    (3, "sgd", 2.0, NORMALISED_INPUTS)])
+    (3, "sgd", 2.0, NORMALISED_INPUTS), (3, "adam", 0.1, VALUE_INPUTS)])
 def test_meta_gradient_matches_finite_differences(num_inner, opt, lr, rule_config):
   with jax.enable_x64(True):
     problem, rule_params, life = _tiny_problem64(num_inner, opt, lr, rule_config=rule_config)

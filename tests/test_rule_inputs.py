@@ -1,4 +1,5 @@
-"""Rule-input options of ``LPGConfig`` (issue 16): sign-log and rollout-normalised rewards.
+"""Rule-input options of ``LPGConfig`` (issue 16): sign-log and rollout-normalised rewards,
+advantage and TD-error inputs from a value head of the agent.
 
 Hand-computed transforms on a small rollout; options off leave the rule bit for bit as it
 was (the committed ``artifacts/lpg_toy15.pkl`` gives the outputs pinned on main before the
@@ -99,7 +100,74 @@ def test_option_feeds_the_transformed_reward(option):
 
 def test_options_are_recorded_in_the_artifact(tmp_path):
   from lpg.artifact import save_rule
-  config = LPGConfig(**SMALL, signlog_reward=True, normalise_reward=True)
+  config = LPGConfig(**SMALL, signlog_reward=True, normalise_reward=True, value_inputs=True,
+                     value_lambda=0.9, value_coef=0.25)
   path = str(tmp_path / "rule.pkl")
   save_rule(path, LPGRule(config).init(jax.random.PRNGKey(0)), config)
   assert load_rule(path).config == config
+
+
+# ------------------------------------------------------------ value-head inputs
+def _rollout(terminated_at_1: bool):
+  from lpg.types import Rollout
+  return Rollout(obs=jnp.zeros((3, 1), jnp.int32), actions=jnp.zeros((2, 1), jnp.int32),
+                 rewards=jnp.array([[1.0], [2.0]]),
+                 terminated=jnp.array([[False], [terminated_at_1]]),
+                 truncated=jnp.zeros((2, 1), bool))
+
+
+@pytest.mark.parametrize("terminated,want", [
+    # gamma 0.5, lambda 1, v = (0.5, 1, 2): G1 = 2 + 0.5*2 = 3, G0 = 1 + 0.5*3 = 2.5;
+    # TD0 = 1 + 0.5*1 - 0.5 = 1, TD1 = 2 + 0.5*2 - 1 = 2.
+    (False, ([2.5, 3.0], [2.0, 2.0], [1.0, 2.0])),
+    # Terminal at t=1: no bootstrap there: G1 = 2, G0 = 1 + 0.5*2 = 2; TD1 = 2 - 1 = 1.
+    (True, ([2.0, 2.0], [1.5, 1.0], [1.0, 1.0]))])
+def test_value_targets_by_hand(terminated, want):
+  from lpg.rule import value_targets
+  v = jnp.array([[0.5], [1.0], [2.0]])
+  got = value_targets(_rollout(terminated), v, 0.5, 1.0)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g[:, 0], w, rtol=1e-6)
+
+
+def test_value_inputs_are_normalised_advantages_and_td_errors():
+  from lpg.rule import lpg_inputs
+  from lpg.types import AgentOutputs
+  out = AgentOutputs(logits=jnp.zeros((3, 1, 2)),
+                     heads={"y": jnp.zeros((3, 1, 4)), "v": jnp.array([[0.5], [1.0], [2.0]])})
+  inputs = lpg_inputs(_rollout(True), out, 0.5, value_lambda=1.0)
+  adv, td = np.array([1.5, 1.0]), np.array([1.0, 1.0])
+  np.testing.assert_allclose(inputs.advantage[:, 0], adv / np.sqrt(np.mean(adv**2) + 1e-8),
+                             rtol=1e-6)
+  np.testing.assert_allclose(inputs.td_error[:, 0], td / np.sqrt(np.mean(td**2) + 1e-8), rtol=1e-6)
+  assert lpg_inputs(_rollout(True), out, 0.5).advantage is None
+
+
+def test_value_rule_trains_its_value_head():
+  """The rule asks for a scalar ``v`` head; repeated inner updates on one rollout fit it."""
+  from envs.chain import ChainConfig, DelayedChain
+  from lpg.meta_objective import MetaConfig, MetaProblem
+  from lpg.networks import AgentConfig
+  from lpg.rule import make_hypers
+  from lpg.update import OptimizerConfig, inner_update
+  rule = LPGRule(LPGConfig(**SMALL, value_inputs=True))
+  assert rule.head_sizes() == {"y": 4, "v": 0}
+  problem = MetaProblem(DelayedChain(ChainConfig(3, 4), name="tiny-chain"), rule,
+                        AgentConfig("tabular"), OptimizerConfig("sgd"),
+                        MetaConfig(num_inner=1, rollout_len=8, num_envs=4))
+  life = problem.init_lifetime(jax.random.PRNGKey(0), make_hypers(1.0))
+  rollout, _, _ = problem.rollout(life.agent_params, life.env_params, life.env,
+                                  jax.random.PRNGKey(1))
+  rule_params = rule.init(jax.random.PRNGKey(2))
+
+  @jax.jit
+  def step(params, opt_state):
+    res = inner_update(rule, rule_params, problem.net, problem.optimizer, params, opt_state,
+                       rollout, life.hypers)
+    return res.params, res.opt_state, res.metrics["value_loss"]
+
+  params, opt_state, losses = life.agent_params, life.opt_state, []
+  for _ in range(10):
+    params, opt_state, loss = step(params, opt_state)
+    losses.append(float(loss))
+  assert losses[0] > 0 and losses[-1] < 0.5 * losses[0], losses
