@@ -52,7 +52,10 @@ class MetaConfig:
       tabular critics, 1e-3 for network critics, see ``critic_lr_for``].
     remat_inner: recompute each inner update in the backward pass instead of
       storing its activations (``jax.checkpoint``): about K times less memory
-      for about a third more compute [chosen: off; on for large populations].
+      for about a third more compute [chosen: off; on for large populations and
+      long K].  Measured (CPU, tabular/dense, rule hidden 64, T=20, B=32, 8
+      lifetimes, XLA temp memory): K=5 175 -> 45 MiB, K=20 621 -> 80 MiB, step
+      time unchanged within noise; the meta-gradient is the same (K=20 test).
   """
   num_inner: int = 5
   rollout_len: int = 20

@@ -73,4 +73,4 @@ def test_jit_matches_no_jit_and_vmap(rule_and_params):
 def test_rule_never_sees_observations():
   """The rule's inputs carry no observation or action fields."""
   assert set(LPGInputs._fields) == {"reward", "done", "gamma", "pi_a", "y", "y_next",
-                                    "progress", "log_planned"}
+                                    "progress", "log_planned", "advantage", "td_error"}

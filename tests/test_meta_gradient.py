@@ -16,23 +16,49 @@ def _to64(tree):
       lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-@pytest.mark.parametrize("num_inner,opt,lr", [(1, "sgd", 2.0), (3, "sgd", 2.0),
-                                              (1, "adam", 0.1), (3, "adam", 0.1)])
-def test_meta_gradient_matches_finite_differences(num_inner, opt, lr):
+def _tiny_problem64(num_inner, opt, lr, remat=False, rule_config=None):
+  """A float64 tiny-chain problem, its rule parameters and a lifetime with a non-zero agent."""
+  env = DelayedChain(ChainConfig(3, 4), name="tiny-chain")
+  rule = LPGRule(rule_config or LPGConfig(hidden=3, y_dim=3, phi_hidden=2))
+  problem = MetaProblem(env, rule, AgentConfig("tabular"), OptimizerConfig(opt, max_grad_norm=0.0),
+                        MetaConfig(num_inner=num_inner, rollout_len=6, num_envs=3, critic_lr=0.1,
+                                   remat_inner=remat))
+  rule_params = _to64(rule.init(jax.random.PRNGKey(0)))
+  # Non-zero agent start so every path carries signal.
+  life = problem.init_lifetime(jax.random.PRNGKey(1), make_hypers(lr, alpha_y=0.5, gamma=0.9))
+  life = life._replace(**{f: _to64(getattr(life, f)) for f in (
+      "agent_params", "opt_state", "critic_params", "critic_opt_state", "hypers")})
+  life = life._replace(agent_params=jax.tree_util.tree_map(
+      lambda x: 0.3 * jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype),
+      life.agent_params))
+  return problem, rule_params, life
+
+
+@pytest.mark.parametrize("opt", ["adam"])
+def test_k20_rematerialised_meta_gradient_equals_stored(opt):
+  """K=20 inner updates: ``remat_inner`` recomputes, it does not change the meta-gradient."""
   with jax.enable_x64(True):
-    env = DelayedChain(ChainConfig(3, 4), name="tiny-chain")
-    rule = LPGRule(LPGConfig(hidden=3, y_dim=3, phi_hidden=2))
-    problem = MetaProblem(env, rule, AgentConfig("tabular"),
-                          OptimizerConfig(opt, max_grad_norm=0.0),
-                          MetaConfig(num_inner=num_inner, rollout_len=6, num_envs=3, critic_lr=0.1))
-    rule_params = _to64(rule.init(jax.random.PRNGKey(0)))
-    # Non-zero agent start so every path carries signal.
-    life = problem.init_lifetime(jax.random.PRNGKey(1), make_hypers(lr, alpha_y=0.5, gamma=0.9))
-    life = life._replace(**{f: _to64(getattr(life, f)) for f in (
-        "agent_params", "opt_state", "critic_params", "critic_opt_state", "hypers")})
-    life = life._replace(agent_params=jax.tree_util.tree_map(
-        lambda x: 0.3 * jax.random.normal(jax.random.PRNGKey(5), x.shape, x.dtype),
-        life.agent_params))
+    key = jax.random.PRNGKey(2)
+    grads = []
+    for remat in (False, True):
+      problem, rule_params, life = _tiny_problem64(20, opt, 0.1, remat)
+      g = jax.jit(jax.grad(lambda rp: problem.meta_loss(rp, life, key)[0]))(rule_params)
+      grads.append(jax.flatten_util.ravel_pytree(g)[0])
+    assert bool(jnp.all(jnp.isfinite(grads[0]))) and float(jnp.abs(grads[0]).max()) > 0
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+
+
+NORMALISED_INPUTS = LPGConfig(hidden=3, y_dim=3, phi_hidden=2, signlog_reward=True,
+                              normalise_reward=True)
+VALUE_INPUTS = LPGConfig(hidden=3, y_dim=3, phi_hidden=2, value_inputs=True)
+
+
+@pytest.mark.parametrize("num_inner,opt,lr,rule_config", [
+    (1, "sgd", 2.0, None), (3, "sgd", 2.0, None), (1, "adam", 0.1, None), (3, "adam", 0.1, None),
+    (3, "sgd", 2.0, NORMALISED_INPUTS), (3, "adam", 0.1, VALUE_INPUTS)])
+def test_meta_gradient_matches_finite_differences(num_inner, opt, lr, rule_config):
+  with jax.enable_x64(True):
+    problem, rule_params, life = _tiny_problem64(num_inner, opt, lr, rule_config=rule_config)
     key = jax.random.PRNGKey(2)
     loss_fn = jax.jit(lambda rp: problem.meta_loss(rp, life, key)[0])
     grads = jax.jit(jax.grad(lambda rp: problem.meta_loss(rp, life, key)[0]))(rule_params)
