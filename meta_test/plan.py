@@ -216,12 +216,36 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(one_line(e)) from None
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
-  b, t = int(num_envs or d.num_envs), int(rollout_len or d.rollout_len)
+  settings = algo_settings(algo, choice, "index" if kind == "tabular" else source.obs_spec.kind)
+  pick = lambda given, name, default: given or getattr(settings, name, default)
+  b, t = int(pick(num_envs, "num_envs", d.num_envs)), int(pick(rollout_len, "rollout_len",
+                                                                 d.rollout_len))
+  lr = float(learning_rate if learning_rate is not None
+             else getattr(settings, "learning_rate", own.learning_rate))
+  choice = dataclasses.replace(choice, settings=with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
-                  learning_rate=float(learning_rate if learning_rate is not None
-                                      else own.learning_rate),
-                  alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
+                  learning_rate=lr, alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
                   num_updates=max(1, math.ceil(int(steps) / (b * t))))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
               seed=int(seed))
+
+
+def algo_settings(algo: str, choice: Choice, kind: str) -> Any:
+  """The algorithm's settings for observation (or agent) ``kind``: ``Algo.kind_settings``
+  where it has them, else ``choice.settings``."""
+  make = ALGOS[algo].kind_settings
+  return choice.settings if make is None else make(kind)
+
+
+def with_run_values(settings: Any, num_envs: int, rollout_len: int, learning_rate: float) -> Any:
+  """``settings`` with the run's ``B``, ``T`` and step size written into the fields it has
+  of those names (so ``summary.json`` records what ran); ``UserError`` if they do not fit."""
+  if settings is None:
+    return None
+  values = {"num_envs": num_envs, "rollout_len": rollout_len, "learning_rate": learning_rate}
+  names = {f.name for f in dataclasses.fields(settings)}
+  try:
+    return dataclasses.replace(settings, **{k: v for k, v in values.items() if k in names})
+  except ValueError as e:
+    raise UserError(one_line(e) + "; choose --num-envs / --rollout-len that fit") from None
