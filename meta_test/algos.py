@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from lpg.cli import UserError
 from lpg.rule import UpdateRule
 from lpg.types import PyTree
-from meta_test.baselines import A2CConfig, A2CRule, RandomRule
+from meta_test.baselines import A2C_DEFAULTS, A2CConfig, A2CRule, RandomRule
 from meta_test.mgrl import MGRLConfig, MGRLRule, make_mgrl_train
 from meta_test.ppo import PPO_DEFAULTS, PPOConfig, make_train_fns as make_ppo_fns
 from meta_test.train import RunConfig, TrainFns, UpdateMetrics, make_train
@@ -74,6 +74,8 @@ class Algo:
       ``Choice.settings``); its ``learning_rate``, ``num_envs`` and ``rollout_len``
       fields, where it has them, are the run's defaults when no flag is given, and the
       plan writes the values it uses back into them (``meta_test.plan.make_plan``).
+    with_settings: ``(Choice, settings) -> Choice`` with those settings (and a rule
+      rebuilt from them where the rule holds them).
   """
   help: str
   make: Callable[[Any], Choice]
@@ -81,6 +83,8 @@ class Algo:
   host: bool = True
   needs_rule: bool = False
   kind_settings: Callable[[str], Any] | None = None
+  with_settings: Callable[[Choice, Any], Choice] = (
+      lambda choice, settings: dataclasses.replace(choice, settings=settings))
 
 
 def _lpg(loaded) -> Choice:
@@ -134,7 +138,10 @@ def _ppo_train(env, config: RunConfig, choice: Choice, env_params=None) -> Train
 
 ALGOS: dict[str, Algo] = {
     "lpg": Algo("the learned rule of --rule (LPG)", _lpg, needs_rule=True),
-    "a2c": Algo("advantage actor-critic with GAE (meta_test.baselines)", _a2c),
+    "a2c": Algo("advantage actor-critic with GAE (meta_test.baselines)", _a2c,
+                kind_settings=lambda kind: A2C_DEFAULTS[kind],
+                with_settings=lambda choice, s: dataclasses.replace(choice, rule=A2CRule(s),
+                                                                    settings=s)),
     "random": Algo("the uniform random policy", _random),
     "mgrl": Algo("meta-gradient RL: A2C learning its gamma and lambda online (meta_test.mgrl)",
                  _mgrl, train=_mgrl_train, host=False),

@@ -164,7 +164,8 @@ class RunPlan:
 
 
 def agent_dict(agent: AgentConfig) -> dict:
-  return {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
+  d = {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
+  return d | ({"separate_value": True} if agent.separate_value else {})
 
 
 def hyperparameters(plan: RunPlan) -> dict:
@@ -172,7 +173,7 @@ def hyperparameters(plan: RunPlan) -> dict:
   return {"optimizer": r.optimizer.name, "learning_rate": r.learning_rate,
           "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
           "num_envs": r.num_envs, "rollout_len": r.rollout_len, "num_updates": r.num_updates,
-          "seed": plan.seed}
+          "seed": plan.seed} | ({"anneal_lr": True} if r.anneal_lr else {})
 
 
 def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) -> None:
@@ -208,7 +209,9 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(f"--algo {algo} needs a registered (compiled) environment, got {env!r}")
   d = DEFAULTS[source.obs_spec.kind]
   kind = agent or d.agent
-  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden)
+  settings = algo_settings(algo, choice, "index" if kind == "tabular" else source.obs_spec.kind)
+  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden,
+                             separate_value=bool(getattr(settings, "separate_value", False)))
   try:     # fails early for e.g. a tabular agent on images
     make_agent_network(agent_config, source.obs_spec, source.num_actions,
                        choice.rule.head_sizes() if choice.rule is not None else {})
@@ -216,17 +219,16 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(one_line(e)) from None
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
-  settings = algo_settings(algo, choice, "index" if kind == "tabular" else source.obs_spec.kind)
-  pick = lambda given, name, default: given or getattr(settings, name, default)
+  pick = lambda given, name, default: given or getattr(settings, name, None) or default
   b, t = int(pick(num_envs, "num_envs", d.num_envs)), int(pick(rollout_len, "rollout_len",
                                                                  d.rollout_len))
-  lr = float(learning_rate if learning_rate is not None
-             else getattr(settings, "learning_rate", own.learning_rate))
-  choice = dataclasses.replace(choice, settings=with_run_values(settings, b, t, lr))
+  lr = float(pick(learning_rate, "learning_rate", own.learning_rate))
+  choice = ALGOS[algo].with_settings(choice, with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
                   learning_rate=lr, alpha_y=ALPHA_Y, gamma=GAMMA, num_envs=b, rollout_len=t,
-                  num_updates=max(1, math.ceil(int(steps) / (b * t))))
+                  num_updates=max(1, math.ceil(int(steps) / (b * t))),
+                  anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
               seed=int(seed))
 
