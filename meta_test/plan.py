@@ -220,8 +220,9 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
   pick = lambda given, name, default: given or getattr(settings, name, None) or default
-  b, t = int(pick(num_envs, "num_envs", d.num_envs)), int(pick(rollout_len, "rollout_len",
-                                                                 d.rollout_len))
+  b, t = fit_batch(int(steps), int(pick(num_envs, "num_envs", d.num_envs)),
+                   int(pick(rollout_len, "rollout_len", d.rollout_len)), source.host,
+                   fixed_b=num_envs is not None, fixed_t=rollout_len is not None)
   lr = float(pick(learning_rate, "learning_rate", own.learning_rate))
   choice = ALGOS[algo].with_settings(choice, with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
@@ -231,6 +232,30 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                   anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
               seed=int(seed))
+
+
+MIN_UPDATES = 500     # [chosen] updates a default run gets at least, budget permitting
+MIN_ENVS = 4          # [chosen] fewest parallel envs the rule picks
+MIN_ROLLOUT = 5       # [chosen] shortest rollout the rule picks
+HOST_MAX_ENVS = 16    # [chosen] most parallel envs by default through the host loop
+
+
+def fit_batch(steps: int, b: int, t: int, host: bool, fixed_b: bool = False,
+              fixed_t: bool = False) -> tuple[int, int]:
+  """The small-budget rule: default ``B`` x ``T`` shrunk so the run gets enough updates.
+
+  Through the host loop ``B`` is at most ``HOST_MAX_ENVS``.  Then, while ``steps / (B * T)``
+  is under ``MIN_UPDATES``, ``B`` is halved (not below ``MIN_ENVS``), then ``T`` (not
+  below ``MIN_ROLLOUT``).  A value given by flag is never changed.
+  """
+  if host and not fixed_b:
+    b = min(b, HOST_MAX_ENVS)
+  few = lambda: steps < MIN_UPDATES * b * t
+  while few() and not fixed_b and b // 2 >= MIN_ENVS:
+    b //= 2
+  while few() and not fixed_t and t // 2 >= MIN_ROLLOUT:
+    t //= 2
+  return b, t
 
 
 def algo_settings(algo: str, choice: Choice, kind: str) -> Any:
