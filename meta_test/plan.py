@@ -188,9 +188,17 @@ def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) ->
 def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
-              seed: int = 0) -> RunPlan:
+              seed: int = 0, overrides: dict | None = None) -> RunPlan:
   """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
-  host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here."""
+  host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here.
+
+  ``overrides`` (``lpg-report --tune``): ``lr``, ``num_envs``, ``rollout_len`` or a field
+  of the algorithm's settings (e.g. A2C's ``entropy_coef``) -> value; they win over flags.
+  """
+  overrides = dict(overrides or {})
+  learning_rate = overrides.pop("lr", learning_rate)
+  num_envs = overrides.pop("num_envs", num_envs)
+  rollout_len = overrides.pop("rollout_len", rollout_len)
   _positive("--steps", steps)
   _positive("--seeds", seeds)
   _positive("--num-envs", num_envs, allow_none=True)
@@ -209,7 +217,9 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(f"--algo {algo} needs a registered (compiled) environment, got {env!r}")
   d = DEFAULTS[source.obs_spec.kind]
   kind = agent or d.agent
-  settings = algo_settings(algo, choice, "index" if kind == "tabular" else source.obs_spec.kind)
+  settings = with_overrides(algo_settings(algo, choice,
+                                          "index" if kind == "tabular" else source.obs_spec.kind),
+                            overrides, algo)
   agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden,
                              separate_value=bool(getattr(settings, "separate_value", False)))
   try:     # fails early for e.g. a tabular agent on images
@@ -263,6 +273,21 @@ def algo_settings(algo: str, choice: Choice, kind: str) -> Any:
   where it has them, else ``choice.settings``."""
   make = ALGOS[algo].kind_settings
   return choice.settings if make is None else make(kind)
+
+
+def with_overrides(settings: Any, overrides: dict, algo: str) -> Any:
+  """``settings`` with ``overrides`` (field name -> value); ``UserError`` for other names."""
+  if not overrides:
+    return settings
+  names = [f.name for f in dataclasses.fields(settings)] if settings is not None else []
+  bad = sorted(set(overrides) - set(names))
+  if bad:
+    raise UserError(f"--tune: {algo} has no setting {bad[0]!r}; choose lr, num_envs, "
+                    f"rollout_len{''.join(', ' + n for n in names)}")
+  try:
+    return dataclasses.replace(settings, **overrides)
+  except (TypeError, ValueError) as e:
+    raise UserError(f"--tune: {one_line(e)}") from None
 
 
 def with_run_values(settings: Any, num_envs: int, rollout_len: int, learning_rate: float) -> Any:
