@@ -101,6 +101,20 @@ def plot_curve(df, path: str, title: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+def plot_runs(runs: list[tuple[str, str]], path: str, title: str) -> None:
+  """Several runs on the same axes: ``(label, run directory with curves.csv)`` each."""
+  from matplotlib.figure import Figure
+  import pandas as pd
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  for label, run_dir in runs:
+    plot_curve_on(ax, pd.read_csv(os.path.join(run_dir, "curves.csv")), label=label)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
 # ---------------------------------------------------------------------- summary
 def normalised_score(env_name: str, value: float) -> float | None:
   """``envs.returns.normalised_score`` when that module knows the env, else None."""

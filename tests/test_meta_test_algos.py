@@ -106,3 +106,13 @@ def test_a2c_default_flags_learn_cartpole():
   result = train_plan(plan, progress=False)
   per_seed, _ = final_returns(result)
   assert float(per_seed.mean()) > 150
+
+
+def test_apply_compare_draws_every_algorithm(tmp_path):
+  out = str(tmp_path / "cmp")
+  assert apply_lib.main(["--env", "chain/short", "--compare", "a2c,ppo", "--steps", "2048",
+                         "--seeds", "2", "--quiet", "--out", out]) == 0
+  for algo in ("a2c", "ppo"):
+    s = json.load(open(os.path.join(out, algo, "summary.json")))
+    assert s["algo"] == algo and s["seeds"] == 2
+  assert os.path.getsize(os.path.join(out, "compare.png")) > 1000
