@@ -34,10 +34,16 @@ class AgentConfig:
     hidden: MLP widths [chosen: 64 for toy worlds; 256,256 for MinAtar in
       meta-test defaults].
     conv_channels: conv layers' channels (3x3, stride 1) for ``conv``.
+    separate_value: ``mlp`` / ``conv`` agents give the extra heads (e.g. A2C's value
+      ``v``) a torso MLP of their own (same widths, ``head_torso``) on the same input
+      features (after the convs, which stay shared), as sb3 / purejaxrl actor-critics
+      do, so value fitting cannot drive the policy's features [chosen: False, the
+      shared torso of LPG; True for the A2C vector defaults].  Tabular agents ignore it.
   """
   kind: str = "tabular"
   hidden: tuple[int, ...] = (64,)
   conv_channels: tuple[int, ...] = (16,)
+  separate_value: bool = False
 
   def __post_init__(self):
     if self.kind not in AGENT_KINDS:
@@ -108,8 +114,11 @@ def make_agent_network(config: AgentConfig, obs_spec: ObsSpec, num_actions: int,
     x = x.reshape(x.shape[0], -1)
     if cond is not None:
       x = jnp.concatenate([x, jnp.broadcast_to(cond.astype(x.dtype), (x.shape[0], cond_size))], -1)
-    x = hk.nets.MLP(config.hidden, activate_final=True, name="torso")(x)
+    features = x
+    x = hk.nets.MLP(config.hidden, activate_final=True, name="torso")(features)
     logits = hk.Linear(num_actions, w_init=jnp.zeros, name="pi")(x)
+    if config.separate_value and names:
+      x = hk.nets.MLP(config.hidden, activate_final=True, name="head_torso")(features)
     heads = {}
     for name in names:
       width = head_sizes[name]

@@ -20,12 +20,15 @@ import difflib
 import os
 from typing import Any, Callable
 
+import jax.numpy as jnp
+
 from lpg.cli import UserError
 from lpg.rule import UpdateRule
 from lpg.types import PyTree
-from meta_test.baselines import A2CConfig, A2CRule, RandomRule
+from meta_test.baselines import A2C_DEFAULTS, A2CConfig, A2CRule, RandomRule
 from meta_test.mgrl import MGRLConfig, MGRLRule, make_mgrl_train
-from meta_test.train import RunConfig, TrainFns, make_train
+from meta_test.ppo import PPO_DEFAULTS, PPOConfig, make_train_fns as make_ppo_fns
+from meta_test.train import RunConfig, TrainFns, UpdateMetrics, make_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +70,21 @@ class Algo:
     host: whether it also trains on host environments (``atari/...``, ``module:factory``)
       through ``meta_test.host`` (needs ``Choice.rule``).
     needs_rule: whether it needs ``--rule`` (its checksum is then part of its settings).
+    kind_settings: optional ``obs kind -> settings`` (a frozen dataclass replacing
+      ``Choice.settings``); its ``learning_rate``, ``num_envs`` and ``rollout_len``
+      fields, where it has them, are the run's defaults when no flag is given, and the
+      plan writes the values it uses back into them (``meta_test.plan.make_plan``).
+    with_settings: ``(Choice, settings) -> Choice`` with those settings (and a rule
+      rebuilt from them where the rule holds them).
   """
   help: str
   make: Callable[[Any], Choice]
   train: Callable[..., TrainFns] = rule_train
   host: bool = True
   needs_rule: bool = False
+  kind_settings: Callable[[str], Any] | None = None
+  with_settings: Callable[[Choice, Any], Choice] = (
+      lambda choice, settings: dataclasses.replace(choice, settings=settings))
 
 
 def _lpg(loaded) -> Choice:
@@ -100,12 +112,41 @@ def _mgrl_train(env, config: RunConfig, choice: Choice, env_params=None) -> Trai
   return make_mgrl_train(env, config, choice.rule, env_params=env_params)
 
 
+def _ppo(loaded) -> Choice:
+  del loaded
+  return Choice("ppo", None, None, PPOConfig())
+
+
+def as_update_metrics(m) -> UpdateMetrics:
+  """``UpdateMetrics`` from metrics whose first five fields are its own (``PPOMetrics``)."""
+  return UpdateMetrics(*m[:5], meta_loss=jnp.zeros_like(m.loss), meta_params={})
+
+
+def _ppo_train(env, config: RunConfig, choice: Choice, env_params=None) -> TrainFns:
+  """PPO's compiled run (``meta_test.ppo``) on ``config``'s agent, ``B``, ``T``, ``U``, step
+  size, discount and gradient clipping; its other settings from ``choice.settings``."""
+  ppo = dataclasses.replace(choice.settings, num_envs=int(config.num_envs),
+                            rollout_len=int(config.rollout_len),
+                            learning_rate=float(config.learning_rate), gamma=float(config.gamma),
+                            max_grad_norm=float(config.optimizer.max_grad_norm))
+  fns = make_ppo_fns(ppo, env, config.agent, config.num_updates, chunk=config.chunk_size,
+                     env_params=env_params)
+  convert = lambda out: (out[0], as_update_metrics(out[1]))
+  return fns._replace(run_chunk=lambda state, offset: convert(fns.run_chunk(state, offset)),
+                      train=lambda key: convert(fns.train(key)))
+
+
 ALGOS: dict[str, Algo] = {
     "lpg": Algo("the learned rule of --rule (LPG)", _lpg, needs_rule=True),
-    "a2c": Algo("advantage actor-critic with GAE (meta_test.baselines)", _a2c),
+    "a2c": Algo("advantage actor-critic with GAE (meta_test.baselines)", _a2c,
+                kind_settings=lambda kind: A2C_DEFAULTS[kind],
+                with_settings=lambda choice, s: dataclasses.replace(choice, rule=A2CRule(s),
+                                                                    settings=s)),
     "random": Algo("the uniform random policy", _random),
     "mgrl": Algo("meta-gradient RL: A2C learning its gamma and lambda online (meta_test.mgrl)",
                  _mgrl, train=_mgrl_train, host=False),
+    "ppo": Algo("proximal policy optimisation (meta_test.ppo; registered envs only)", _ppo,
+                train=_ppo_train, host=False, kind_settings=lambda kind: PPO_DEFAULTS[kind]),
 }
 
 

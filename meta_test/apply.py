@@ -2,11 +2,12 @@
 
 ::
 
-  lpg-apply --rule artifact.pkl --env Breakout [--algo lpg|a2c|random|mgrl] [--steps N]
+  lpg-apply --rule artifact.pkl --env Breakout [--algo lpg|a2c|random|mgrl|ppo] [--steps N]
             [--seeds S] [--out DIR] [--agent tabular|mlp|conv] [--overwrite] [--debug]
 
 Writes ``DIR/summary.json``, ``DIR/curves.csv`` (step, seed, episode_return,
-episodes) and ``DIR/curve.png``.  ``--env`` is a registered name
+episodes) and ``DIR/curve.png``; ``--compare a2c,ppo`` runs each listed algorithm into
+``DIR/<algo>/`` and draws them all on the same axes in ``DIR/compare.png``.  ``--env`` is a registered name
 (``envs.list_envs()``, compiled end to end), ``atari/<Game>`` (ale-py, host
 loop) or ``package.module:factory`` returning a ``dm_env.Environment`` with
 discrete actions (host loop: much slower).  Defaults depend on the observation
@@ -29,6 +30,7 @@ import sys
 from lpg import cli
 from meta_test.algos import ALGOS
 from meta_test.plan import env_slug, make_plan
+from meta_test.results import plot_runs
 from meta_test.run import execute
 
 PROG = "lpg-apply"
@@ -41,6 +43,9 @@ def build_parser() -> cli.Parser:
                  help="registered name (see envs.list_envs()), atari/<Game>, or "
                       "package.module:factory returning a dm_env.Environment")
   p.add_argument("--algo", default="lpg", help=f"one of {', '.join(ALGOS)} (default lpg)")
+  p.add_argument("--compare", default=None, metavar="ALGO,ALGO,...",
+                 help="run each of these algorithms (instead of --algo) into OUT/<algo>/ and "
+                      "draw them on the same axes in OUT/compare.png")
   p.add_argument("--steps", type=cli.positive_int, default=1_000_000,
                  help="env steps per seed (default 1e6)")
   p.add_argument("--seeds", type=cli.positive_int, default=3, help="independent agents (default 3)")
@@ -59,20 +64,37 @@ def build_parser() -> cli.Parser:
   return p
 
 
+def _compare_algos(text: str | None) -> list[str] | None:
+  if text is None:
+    return None
+  algos = list(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+  if not algos:
+    raise cli.UserError("--compare is empty; give a comma list, e.g. a2c,ppo")
+  return algos
+
+
 def _main(argv) -> int:
   args = build_parser().parse_args(argv)
-  out = args.out or os.path.join("runs", f"{env_slug(args.env)}-{args.algo}")
-  plan = make_plan(args.env, args.algo, args.steps, args.seeds, out, rule_path=args.rule,
-                   agent=args.agent, num_envs=args.num_envs, rollout_len=args.rollout_len,
-                   learning_rate=args.lr, seed=args.seed)
+  algos = _compare_algos(args.compare)
+  name = "-".join(algos) if algos else args.algo
+  out = args.out or os.path.join("runs", f"{env_slug(args.env)}-{name}")
+  plans = [make_plan(args.env, algo, args.steps, args.seeds,
+                     os.path.join(out, algo) if algos else out, rule_path=args.rule,
+                     agent=args.agent, num_envs=args.num_envs, rollout_len=args.rollout_len,
+                     learning_rate=args.lr, seed=args.seed) for algo in (algos or [args.algo])]
   if os.path.isdir(out) and not cli.is_empty_dir(out) and not args.overwrite:
     raise cli.UserError(f"--out {out} is not empty; pass --overwrite to replace its results "
                         "or choose another directory")
   cli.prepare_out_dir(out)        # created and proved writable before any training
-  summary = execute(plan, progress=not args.quiet)
-  print(json.dumps({k: summary[k] for k in ("env", "algo", "steps", "seeds", "final_return_mean",
-                                            "final_return_std", "steps_per_s")}))
-  print(f"wrote {plan.out}/summary.json, curves.csv, curve.png", file=sys.stderr)
+  for plan in plans:
+    summary = execute(plan, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("env", "algo", "steps", "seeds", "final_return_mean",
+                                              "final_return_std", "steps_per_s")}))
+    print(f"wrote {plan.out}/summary.json, curves.csv, curve.png", file=sys.stderr)
+  if algos:
+    plot_runs([(p.choice.algo, p.out) for p in plans], os.path.join(out, "compare.png"),
+              f"{args.env}: {', '.join(algos)} ({args.seeds} seeds, mean and min..max)")
+    print(f"wrote {out}/compare.png", file=sys.stderr)
   return cli.EXIT_OK
 
 

@@ -36,17 +36,48 @@ class A2CConfig:
       2016 / MinAtar's actor-critic].
     normalize_advantages: standardise advantages over the batch [chosen: False,
       plain A2C].
+    learning_rate, num_envs, rollout_len: the run's step size, ``B`` and ``T``;
+      ``None``: ``meta_test.plan.DEFAULTS`` (flags override both).
+    separate_value: the value head on a torso of its own
+      (``lpg.networks.AgentConfig.separate_value``).
+    anneal_lr: step size decayed linearly to 0 (``meta_test.train.RunConfig.anneal_lr``).
+
+  ``A2C_DEFAULTS`` holds the per-observation-kind choices and what each reproduces.
   """
   gae_lambda: float = 0.95
   value_coef: float = 0.5
   entropy_coef: float = 0.01
   normalize_advantages: bool = False
+  learning_rate: float | None = None
+  num_envs: int | None = None
+  rollout_len: int | None = None
+  separate_value: bool = False
+  anneal_lr: bool = False
 
   def __post_init__(self):
     if not 0.0 <= self.gae_lambda <= 1.0:
       raise ValueError(f"A2CConfig.gae_lambda must lie in [0, 1], got {self.gae_lambda}")
     if self.value_coef < 0 or self.entropy_coef < 0:
       raise ValueError("A2CConfig.value_coef and entropy_coef must be >= 0")
+
+
+# Per observation kind (``lpg-apply --algo a2c`` without flags):
+# vector: 16 envs x 8 steps, advantage normalisation, value_coef 0.1, Adam 3e-3 annealed
+#   linearly to 0, entropy 0.01, value head on its own torso [chosen, measured on CPU with
+#   lpg-apply, 500k steps, 3 seeds (keys split from PRNGKey(0)): CartPole 498.3 +- 2.4,
+#   Acrobot -84.9 +- 1.0; at Adam 1e-3: 278.3 / -84.5, at 2e-3 CartPole 368.5;
+#   8 x 5 at 1e-3: CartPole 64.8; without the separate torso Acrobot
+#   stays at -500 (shared features blow up, the policy saturates), as in sb3 / purejaxrl
+#   actor-critics, which keep policy and value networks apart].
+# image: Adam 3e-3, 64 x 20 [measured: issue 14's table, Breakout 5M steps 31.5 +- 17.0
+#   (3 seeds, H100) against 13.3 at the former 1e-3].
+# index: the plan's tabular defaults (SGD 40, 64 x 20) [measured: chain/short ~1.0 at 100k].
+A2C_DEFAULTS: dict[str, A2CConfig] = {
+    "vector": A2CConfig(value_coef=0.1, normalize_advantages=True, learning_rate=3e-3,
+                        num_envs=16, rollout_len=8, separate_value=True, anneal_lr=True),
+    "image": A2CConfig(learning_rate=3e-3),
+    "index": A2CConfig(),
+}
 
 
 def a2c_targets(rollout: Rollout, v: jax.Array, gamma, lambda_) -> tuple[jax.Array, jax.Array]:

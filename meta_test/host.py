@@ -229,7 +229,6 @@ def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: U
   """
   t_start = time.perf_counter()
   num_envs, rollout_len, num_updates = config.num_envs, config.rollout_len, config.num_updates
-  hypers = config.hypers
   vec0 = make_vec(seeds[0])
   net = make_agent_network(config.agent, vec0.obs_spec, vec0.num_actions, rule.head_sizes())
   optimizer = make_optimizer(config.optimizer)
@@ -239,8 +238,9 @@ def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: U
     return jax.random.categorical(key, net.apply(params, obs).logits).astype(jnp.int32)
 
   @jax.jit
-  def update(params, opt_state, rollout):
-    res = inner_update(rule, rule_params, net, optimizer, params, opt_state, rollout, hypers)
+  def update(params, opt_state, rollout, i):
+    res = inner_update(rule, rule_params, net, optimizer, params, opt_state, rollout,
+                       config.hypers_at(i))
     return res.params, res.opt_state, res.metrics["loss"]
 
   all_metrics = []
@@ -254,7 +254,7 @@ def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: U
     obs = vec.reset()
     ep_ret = np.zeros(num_envs, np.float64)
     rows = []
-    for _ in range(num_updates):
+    for n_upd in range(num_updates):
       t0 = time.perf_counter()
       obs_buf, act_buf, rew_buf, term_buf, trunc_buf = [obs], [], [], [], []
       ret_sum, count, raw_sum = 0.0, 0, 0.0
@@ -276,7 +276,7 @@ def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: U
       rollout = Rollout(obs=np.stack(obs_buf), actions=np.stack(act_buf).astype(np.int32),
                         rewards=np.stack(rew_buf).astype(np.float32),
                         terminated=np.stack(term_buf), truncated=np.stack(trunc_buf))
-      params, opt_state, loss = update(params, opt_state, rollout)
+      params, opt_state, loss = update(params, opt_state, rollout, n_upd)
       rows.append((ret_sum, count, raw_sum, float(loss), np.nan, 0.0))
       chunk_s.append(time.perf_counter() - t0)
       if progress is not None:

@@ -135,6 +135,8 @@ class RunPlan:
     out: output directory.
     run: agent, optimiser, hyperparameters and batch shape (``RunConfig``).
     seed: base random seed.
+    hyper_sources: where the learning rate and alpha_y came from (``"artifact"``, ``"flag"``
+      or ``"default"``), written to ``summary.json``.
   """
   source: EnvSource
   choice: Choice
@@ -143,6 +145,7 @@ class RunPlan:
   out: str
   run: RunConfig
   seed: int = 0
+  hyper_sources: dict | None = None
 
   @property
   def num_updates(self) -> int:
@@ -164,7 +167,8 @@ class RunPlan:
 
 
 def agent_dict(agent: AgentConfig) -> dict:
-  return {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
+  d = {"kind": agent.kind, "hidden": list(agent.hidden) if agent.kind != "tabular" else []}
+  return d | ({"separate_value": True} if agent.separate_value else {})
 
 
 def hyperparameters(plan: RunPlan) -> dict:
@@ -172,7 +176,7 @@ def hyperparameters(plan: RunPlan) -> dict:
   return {"optimizer": r.optimizer.name, "learning_rate": r.learning_rate,
           "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
           "num_envs": r.num_envs, "rollout_len": r.rollout_len, "num_updates": r.num_updates,
-          "seed": plan.seed}
+          "seed": plan.seed} | ({"anneal_lr": True} if r.anneal_lr else {})
 
 
 def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) -> None:
@@ -211,9 +215,17 @@ def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
 def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
-              seed: int = 0) -> RunPlan:
+              seed: int = 0, overrides: dict | None = None) -> RunPlan:
   """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
-  host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here."""
+  host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here.
+
+  ``overrides`` (``lpg-report --tune``): ``lr``, ``num_envs``, ``rollout_len`` or a field
+  of the algorithm's settings (e.g. A2C's ``entropy_coef``) -> value; they win over flags.
+  """
+  overrides = dict(overrides or {})
+  learning_rate = overrides.pop("lr", learning_rate)
+  num_envs = overrides.pop("num_envs", num_envs)
+  rollout_len = overrides.pop("rollout_len", rollout_len)
   _positive("--steps", steps)
   _positive("--seeds", seeds)
   _positive("--num-envs", num_envs, allow_none=True)
@@ -232,7 +244,11 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(f"--algo {algo} needs a registered (compiled) environment, got {env!r}")
   d = DEFAULTS[source.obs_spec.kind]
   kind = agent or d.agent
-  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden)
+  settings = with_overrides(algo_settings(algo, choice,
+                                          "index" if kind == "tabular" else source.obs_spec.kind),
+                            overrides, algo)
+  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden,
+                             separate_value=bool(getattr(settings, "separate_value", False)))
   try:     # fails early for e.g. a tabular agent on images
     make_agent_network(agent_config, source.obs_spec, source.num_actions,
                        choice.rule.head_sizes() if choice.rule is not None else {})
@@ -240,12 +256,77 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     raise UserError(one_line(e)) from None
   # An agent kind other than the obs kind's default takes that agent's defaults.
   own = d if kind == d.agent else DEFAULTS["index" if kind == "tabular" else "vector"]
-  b, t = int(num_envs or d.num_envs), int(rollout_len or d.rollout_len)
+  pick = lambda given, name, default: given or getattr(settings, name, None) or default
+  b, t = fit_batch(int(steps), int(pick(num_envs, "num_envs", d.num_envs)),
+                   int(pick(rollout_len, "rollout_len", d.rollout_len)), source.host,
+                   fixed_b=num_envs is not None, fixed_t=rollout_len is not None)
   h = artifact_hypers(loaded_rule if ALGOS[algo].needs_rule else None, kind, learning_rate,
-                      own.learning_rate)
+                      pick(None, "learning_rate", own.learning_rate))
+  lr = h["learning_rate"]
+  choice = ALGOS[algo].with_settings(choice, with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
-                  learning_rate=h["learning_rate"], alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
-                  num_updates=max(1, math.ceil(int(steps) / (b * t))))
+                  learning_rate=lr, alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
+                  num_updates=max(1, math.ceil(int(steps) / (b * t))),
+                  anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
-              seed=int(seed))
+                 seed=int(seed), hyper_sources=h["sources"])
+
+
+MIN_UPDATES = 500     # [chosen] updates a default run gets at least, budget permitting
+MIN_ENVS = 4          # [chosen] fewest parallel envs the rule picks
+MIN_ROLLOUT = 5       # [chosen] shortest rollout the rule picks
+HOST_MAX_ENVS = 16    # [chosen] most parallel envs by default through the host loop
+
+
+def fit_batch(steps: int, b: int, t: int, host: bool, fixed_b: bool = False,
+              fixed_t: bool = False) -> tuple[int, int]:
+  """The small-budget rule: default ``B`` x ``T`` shrunk so the run gets enough updates.
+
+  Through the host loop ``B`` is at most ``HOST_MAX_ENVS``.  Then, while ``steps / (B * T)``
+  is under ``MIN_UPDATES``, ``B`` is halved (not below ``MIN_ENVS``), then ``T`` (not
+  below ``MIN_ROLLOUT``).  A value given by flag is never changed.
+  """
+  if host and not fixed_b:
+    b = min(b, HOST_MAX_ENVS)
+  few = lambda: steps < MIN_UPDATES * b * t
+  while few() and not fixed_b and b // 2 >= MIN_ENVS:
+    b //= 2
+  while few() and not fixed_t and t // 2 >= MIN_ROLLOUT:
+    t //= 2
+  return b, t
+
+
+def algo_settings(algo: str, choice: Choice, kind: str) -> Any:
+  """The algorithm's settings for observation (or agent) ``kind``: ``Algo.kind_settings``
+  where it has them, else ``choice.settings``."""
+  make = ALGOS[algo].kind_settings
+  return choice.settings if make is None else make(kind)
+
+
+def with_overrides(settings: Any, overrides: dict, algo: str) -> Any:
+  """``settings`` with ``overrides`` (field name -> value); ``UserError`` for other names."""
+  if not overrides:
+    return settings
+  names = [f.name for f in dataclasses.fields(settings)] if settings is not None else []
+  bad = sorted(set(overrides) - set(names))
+  if bad:
+    raise UserError(f"--tune: {algo} has no setting {bad[0]!r}; choose lr, num_envs, "
+                    f"rollout_len{''.join(', ' + n for n in names)}")
+  try:
+    return dataclasses.replace(settings, **overrides)
+  except (TypeError, ValueError) as e:
+    raise UserError(f"--tune: {one_line(e)}") from None
+
+
+def with_run_values(settings: Any, num_envs: int, rollout_len: int, learning_rate: float) -> Any:
+  """``settings`` with the run's ``B``, ``T`` and step size written into the fields it has
+  of those names (so ``summary.json`` records what ran); ``UserError`` if they do not fit."""
+  if settings is None:
+    return None
+  values = {"num_envs": num_envs, "rollout_len": rollout_len, "learning_rate": learning_rate}
+  names = {f.name for f in dataclasses.fields(settings)}
+  try:
+    return dataclasses.replace(settings, **{k: v for k, v in values.items() if k in names})
+  except ValueError as e:
+    raise UserError(one_line(e) + "; choose --num-envs / --rollout-len that fit") from None

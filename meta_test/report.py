@@ -20,11 +20,13 @@ Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from lpg import cli
 from meta_test.algos import ALGOS, unknown_algo_message
 from meta_test.plan import RunPlan, env_slug, make_plan
 from meta_test.results import plot_curve_on, read_summary, write_json
+from meta_test import tune as tune_lib
 from meta_test.run import execute
 
 PROG = "lpg-report"
@@ -89,8 +92,12 @@ def load_summaries(out: str) -> list[dict]:
 def build_table(summaries: list[dict]):
   """One row per (env, algo): a pandas DataFrame with ``COLUMNS``."""
   import pandas as pd
-  rows = [{k: s.get(k) for k in COLUMNS if k in s} for s in summaries]
-  df = pd.DataFrame(rows, columns=COLUMNS)
+  columns = COLUMNS + (["tuned"] if any("tuned" in s for s in summaries) else [])
+  rows = [{k: s.get(k) for k in columns if k in s} for s in summaries]
+  for row in rows:
+    if "tuned" in row:
+      row["tuned"] = tune_lib.combo_slug(row["tuned"] or {})
+  df = pd.DataFrame(rows, columns=columns)
   df = df.drop_duplicates(["env", "algo"], keep="last")
   for col in ("final_return_mean", "final_return_std", "normalised_score"):
     df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -200,6 +207,12 @@ def build_parser() -> cli.Parser:
   p.add_argument("--agent", default=None, help="force an agent kind for every env")
   p.add_argument("--num-envs", type=cli.positive_int, default=None)
   p.add_argument("--rollout-len", type=cli.positive_int, default=None)
+  p.add_argument("--tune", action="append", metavar="NAME=V1,V2,...",
+                 help="try these values per (env, algo) on tuning seeds, report the best on "
+                      "fresh seeds (repeatable; lr, num_envs, rollout_len or an algorithm "
+                      "setting such as entropy_coef)")
+  p.add_argument("--tune-seeds", type=cli.positive_int, default=2,
+                 help="seeds per tried value (default 2)")
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
   return p
@@ -215,9 +228,12 @@ def _parse_algos(text: str) -> list[str]:
   return algos
 
 
-def make_plans(args) -> list[RunPlan]:
-  """Validates the command line; returns the ``RunPlan`` of every (env, algo) run."""
+def make_plans(args) -> list[tuple]:
+  """Validates the command line; returns, for every (env, algo), a job ``(plan, tuning,
+  make)``: the ``RunPlan`` with default values, the tuning plans ``(values, plan)`` of
+  ``--tune`` (empty without it) and ``make(seeds, out, **make_plan_kwargs) -> RunPlan``."""
   algos = _parse_algos(args.algos)
+  tune = tune_lib.parse_tune(args.tune)
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -231,10 +247,31 @@ def make_plans(args) -> list[RunPlan]:
   if args.rule:
     from lpg.artifact import load_rule
     loaded = load_rule(args.rule)
-  return [make_plan(env, algo, args.steps, args.seeds, run_dir(args.out, env, algo),
-                    rule_path=args.rule, agent=args.agent, loaded_rule=loaded,
-                    num_envs=args.num_envs, rollout_len=args.rollout_len)
-          for env in resolve_suite(args.suite) for algo in algos]
+  jobs = []
+  for env in resolve_suite(args.suite):
+    for algo in algos:
+      make = functools.partial(make_plan, env, algo, args.steps, rule_path=args.rule,
+                               agent=args.agent, loaded_rule=loaded, num_envs=args.num_envs,
+                               rollout_len=args.rollout_len)
+      plan = make(args.seeds, run_dir(args.out, env, algo))
+      tuning = [(c, make(args.tune_seeds, tune_lib.tune_dir(plan.out, c), overrides=c,
+                         seed=tune_lib.TUNE_SEED)) for c in tune_lib.grid(tune)] if tune else []
+      jobs.append((plan, tuning, make))
+  return jobs
+
+
+def run_tuned(job, run: Callable[[RunPlan], dict], tag: str) -> tuple[RunPlan, dict]:
+  """Runs the job's tuning plans; returns its plan remade with the best values (the
+  report's own seeds, fresh) and those values."""
+  plan, tuning, make = job
+  scored = []
+  for combo, p in tuning:
+    s = run(p)
+    print(f"{tag} tune {tune_lib.combo_slug(combo)}: final return {s['final_return_mean']}",
+          file=sys.stderr)
+    scored.append((combo, s["final_return_mean"]))
+  chosen = tune_lib.best(scored)
+  return make(plan.seeds, plan.out, overrides=chosen), chosen
 
 
 def remove_report(out: str) -> None:
@@ -257,22 +294,37 @@ def reusable(plan: RunPlan) -> tuple[bool, str]:
   return True, "done already, reused"
 
 
+def _run_or_reuse(plan: RunPlan, args, tag: str) -> dict:
+  """The plan's summary: reused (``--resume`` and same settings) or freshly run."""
+  done, why = reusable(plan) if args.resume else (False, "")
+  if done:
+    print(f"{tag}: {why}", file=sys.stderr)
+    return read_summary(plan.out)
+  if args.resume and why != "not finished":
+    print(f"{tag}: {why}", file=sys.stderr)
+  return execute(plan, progress=not args.quiet)
+
+
 def _main(argv) -> int:
   args = build_parser().parse_args(argv)
-  plans = make_plans(args)
+  jobs = make_plans(args)
   out = cli.prepare_out_dir(args.out)   # created and proved writable before any training
   if args.overwrite:
     remove_report(out)
-  for i, plan in enumerate(plans):
-    tag = f"[{i + 1}/{len(plans)}] {plan.source.name} {plan.choice.algo}"
-    done, why = reusable(plan) if args.resume else (False, "")
-    if done:
-      print(f"{tag}: {why}", file=sys.stderr)
-      continue
-    if args.resume and why != "not finished":
-      print(f"{tag}: {why}", file=sys.stderr)
-    s = execute(plan, progress=not args.quiet)
+  plans = []
+  for i, job in enumerate(jobs):
+    plan = job[0]
+    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {plan.choice.algo}"
+    run = lambda p: _run_or_reuse(p, args, tag)
+    chosen = None
+    if job[1]:
+      plan, chosen = run_tuned(job, run, tag)
+    s = run(plan)
+    if chosen is not None:
+      s["tuned"] = chosen
+      write_json(os.path.join(plan.out, "summary.json"), s)
     print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
+    plans.append(plan)
   write_json(os.path.join(out, MANIFEST),
              [{"dir": os.path.relpath(p.out, args.out), "settings_key": p.settings_key()}
               for p in plans])

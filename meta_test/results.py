@@ -101,6 +101,20 @@ def plot_curve(df, path: str, title: str) -> None:
   fig.savefig(path, dpi=100)
 
 
+def plot_runs(runs: list[tuple[str, str]], path: str, title: str) -> None:
+  """Several runs on the same axes: ``(label, run directory with curves.csv)`` each."""
+  from matplotlib.figure import Figure
+  import pandas as pd
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  for label, run_dir in runs:
+    plot_curve_on(ax, pd.read_csv(os.path.join(run_dir, "curves.csv")), label=label)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
 # ---------------------------------------------------------------------- summary
 def normalised_score(env_name: str, value: float) -> float | None:
   """``envs.returns.normalised_score`` when that module knows the env, else None."""
@@ -146,7 +160,8 @@ def summarise(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
       "rule": {"path": choice.path, "checksum": choice.checksum, "config": choice.settings_dict()},
       "wall_time_s": float(wall_time_s), "steps_per_s": float(result.steps_per_s),
       "compiled": not plan.source.host, "agent": agent_dict(plan.run.agent),
-      "hyperparameters": hyperparameters(plan), "obs_kind": plan.source.obs_spec.kind,
+      "hyperparameters": hyperparameters(plan),
+      "hyperparameter_sources": plan.hyper_sources, "obs_kind": plan.source.obs_spec.kind,
       "versions": {"jax": jax.__version__},
       "settings": plan.settings(), "settings_key": plan.settings_key(),
   }

@@ -49,6 +49,9 @@ class RunConfig:
     rollout_len: ``T`` steps per environment per update.
     num_updates: ``U`` updates; a run takes ``U * T * B`` environment steps per seed.
     chunk: updates per ``run_chunk`` call (``None``: all of them).
+    anneal_lr: decay the step size linearly from ``learning_rate`` towards 0 over the
+      ``U`` updates (update ``i`` uses ``learning_rate * (1 - i / U)``) [chosen: False;
+      True for the A2C vector defaults, as sb3 / purejaxrl].
   """
   agent: AgentConfig
   optimizer: OptimizerConfig
@@ -59,6 +62,7 @@ class RunConfig:
   rollout_len: int = 20
   num_updates: int = 1
   chunk: int | None = None
+  anneal_lr: bool = False
 
   def __post_init__(self):
     for name in ("num_envs", "rollout_len", "num_updates"):
@@ -74,6 +78,14 @@ class RunConfig:
   @property
   def steps_per_update(self) -> int:
     return int(self.num_envs * self.rollout_len)
+
+  def hypers_at(self, i) -> InnerHypers:
+    """``hypers`` of update ``i`` (0-based; the annealed step size with ``anneal_lr``)."""
+    h = self.hypers
+    if not self.anneal_lr:
+      return h
+    frac = 1.0 - jnp.asarray(i, jnp.float32) / float(self.num_updates)
+    return h._replace(learning_rate=h.learning_rate * frac)
 
   @property
   def chunk_size(self) -> int:
@@ -178,8 +190,8 @@ def make_train(env: Environment, config: RunConfig, rule: UpdateRule, rule_param
       each seed's key (a fresh task per seed, as a new lifetime).
     meta_hook: an optional per-update meta-step (``MetaHook``).
   """
-  hypers, t, b, u, chunk = (config.hypers, config.rollout_len, config.num_envs,
-                            int(config.num_updates), config.chunk_size)
+  t, b, u, chunk = (config.rollout_len, config.num_envs, int(config.num_updates),
+                    config.chunk_size)
   optimizer = make_optimizer(config.optimizer)
   hook = meta_hook or _plain_hook(
       make_agent_network(config.agent, env.obs_spec, env.num_actions, rule.head_sizes()),
@@ -202,7 +214,7 @@ def make_train(env: Environment, config: RunConfig, rule: UpdateRule, rule_param
                                    state.env, k_roll, t)
     meta, out = hook.step(state.meta, i, params, state.opt_state, rollout)
     res = inner_update(rule, out.rule_params, hook.net_at(meta), optimizer, params,
-                       state.opt_state, rollout, hypers)
+                       state.opt_state, rollout, config.hypers_at(i))
     ent = jnp.mean(entropy_from_logits(net_old.apply(params, rollout.obs[:-1]).logits))
     metrics = UpdateMetrics(return_sum=stats.return_sum, episodes=stats.count,
                             reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],

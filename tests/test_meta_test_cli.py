@@ -101,6 +101,8 @@ APPLY_CASES = {
     "unknown agent": (["--env", "chain/short", "--agent", "cnn"] + A2C, ["--agent"]),
     "mgrl on host env": (["--env", "meta_test.examples:chain_short", "--algo", "mgrl"],
                          ["registered"]),
+    "ppo on host env": (["--env", "meta_test.examples:chain_short", "--algo", "ppo"],
+                        ["registered"]),
     "rule missing": (["--env", "chain/short", "--rule", "@missing"], ["does not exist"]),
     "rule truncated": (["--env", "chain/short", "--rule", "@truncated.pkl"], ["truncated"]),
     "rule hostile": (["--env", "chain/short", "--rule", "@hostile.pkl"], ["refus"]),

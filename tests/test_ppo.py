@@ -13,7 +13,7 @@ from lpg.networks import AgentConfig
 from lpg.rule import make_hypers
 from lpg.update import OptimizerConfig
 from meta_test import ppo
-from meta_test.apply import final_returns
+from meta_test.results import final_returns
 from meta_test.train import run_seeds
 
 LN2 = math.log(2.0)
