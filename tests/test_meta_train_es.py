@@ -84,3 +84,21 @@ def test_old_config_without_es_fields_loads():
                       "es_seeds")}
   config = TrainConfig.from_dict(old)
   assert config.meta_optimizer == "gradient" and config == PRESETS["tiny"]
+
+
+@pytest.mark.slow
+def test_es_on_four_simulated_devices_matches_one(straight_run, tmp_path):
+  """The members sharded over 4 devices give the 1-device mean up to reduction order."""
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+             "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+  env.pop("JAX_PLATFORMS", None)
+  out = str(tmp_path / "run")
+  p = subprocess.run([sys.executable, "-m", "meta_train.cli", *ES_TINY, "--out", out],
+                     env=env, capture_output=True, text=True, timeout=400)
+  assert p.returncode == 0, p.stderr
+  assert "4 x cpu" in p.stderr
+  for a, b in zip(_params(os.path.join(straight_run, "rule.pkl")),
+                  _params(os.path.join(out, "rule.pkl"))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
