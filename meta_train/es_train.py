@@ -112,6 +112,7 @@ def make_es_train(config: TrainConfig, mesh=None) -> ESTrain:
     return state._replace(es=fresh, rule_params=unravel(fresh.mean))
 
   def step(state: ESTrainState, _):
+    # The generation's N, drawn from the key es.make_generation gives its context_fn.
     k_context = jax.random.split(jax.random.fold_in(state.es.key, state.es.step), 3)[2]
     new, m = generation(state.es)
     planned = (context_fn(k_context) if varied
