@@ -34,9 +34,10 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 # Flags that fix what a run computes: given on --resume they must match the run.
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
-         "lifetime_updates", "lifetime_updates_min")
+         "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
+         "es_sigma")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
-            "lifetime_updates_min")
+            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma")
 
 
 # Counts of validation and lifetime length: (flag, type, help).
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=cli.integer, default=None)
   p.add_argument("--meta-lr", type=cli.positive_float, default=None,
                  help="Adam step size of the rule")
+  p.add_argument("--meta-optimizer", choices=("gradient", "es"), default=None,
+                 help="gradient: truncated meta-gradient; es: evolution strategies over whole "
+                      "lifetimes (default: the preset's)")
+  p.add_argument("--es-population", type=cli.integer, default=None,
+                 help="ES members per generation (even: antithetic pairs)")
+  p.add_argument("--es-sigma", type=cli.finite_float, default=None,
+                 help="ES perturbation scale (> 0)")
   p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
   p.add_argument("--resume", action="store_true", help="continue the run in --out")
   p.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=None,

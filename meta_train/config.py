@@ -24,6 +24,7 @@ ALPHA_YS = (0.1, 0.5, 1.0)  # [ported]
 TUPLE_FIELDS = ("envs", "mlp_hidden", "tabular_lrs", "network_lrs", "alpha_ys", "validate_envs")
 # Fields of configs written by earlier versions that no longer exist (dropped on load).
 RETIRED_FIELDS = ("fault_injection_step",)
+META_OPTIMIZERS = ("gradient", "es")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,18 @@ class TrainConfig:
       the lower bound of a log-uniform draw of each new lifetime's length N in
       ``[lifetime_updates_min, lifetime_updates]`` (``lpg.lifetime.sample_planned``;
       TA-LPG), so meta-training covers the horizons meta-testing uses.
+    meta_optimizer: ``gradient`` (the truncated meta-gradient, ``meta_train.trainer``)
+      or ``es`` (OpenES over whole forward-only lifetimes, ``meta_train.es_train``).
+    es_population, es_sigma, es_lr: OpenES members per generation (even:
+      antithetic pairs), perturbation scale and Adam step on the mean
+      [defaults from ``meta_train.es.ESConfig``: 64, 0.1, 1e-2, TA-LPG corrected].
+    es_window: the final fraction of a lifetime whose returns make its fitness
+      (1: the whole lifetime) [chosen: 1].
+    es_seeds: lifetimes per training env in one member's fitness [chosen: 1].
+    With ``es`` a generation counts as one meta-update; each member lives one
+    lifetime of N updates per env and seed (N: ``lifetime_updates``, or drawn
+    log-uniformly from ``[lifetime_updates_min, lifetime_updates]`` once per
+    generation, shared by all members).
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -115,6 +128,12 @@ class TrainConfig:
   validate_updates: int = 60
   validate_seeds: int = 2
   lifetime_updates_min: int = 0
+  meta_optimizer: str = "gradient"
+  es_population: int = 64
+  es_sigma: float = 0.1
+  es_lr: float = 1e-2
+  es_window: float = 1.0
+  es_seeds: int = 1
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
@@ -148,9 +167,26 @@ class TrainConfig:
         self.meta.num_inner <= self.lifetime_updates_min <= self.lifetime_updates):
       raise ValueError(f"lifetime-updates-min ({self.lifetime_updates_min}) must lie between K "
                        f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
+    self._check_es()
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
+
+  def _check_es(self):
+    if self.meta_optimizer not in META_OPTIMIZERS:
+      raise ValueError(f"meta-optimizer must be one of {', '.join(META_OPTIMIZERS)}, got "
+                       f"{self.meta_optimizer!r}")
+    if int(self.es_population) < 2 or int(self.es_population) % 2:
+      raise ValueError(f"es-population must be even and >= 2 (antithetic pairs), got "
+                       f"{self.es_population}")
+    for f in ("es_sigma", "es_lr"):
+      if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
+        raise ValueError(f"{f.replace('_', '-')} must be a finite number > 0, got "
+                         f"{getattr(self, f)}")
+    if not 0.0 < self.es_window <= 1.0:
+      raise ValueError(f"es-window must lie in (0, 1], got {self.es_window}")
+    if int(self.es_seeds) < 1:
+      raise ValueError(f"es-seeds must be >= 1, got {self.es_seeds}")
 
   @property
   def validating(self) -> bool:
@@ -162,7 +198,11 @@ class TrainConfig:
 
   @property
   def agent_steps_per_update(self) -> int:
-    """Environment steps the whole population takes per meta-update."""
+    """Environment steps the whole population takes per meta-update (with ``es``, per
+    generation, counting full-length lifetimes: an upper bound with random lengths)."""
+    if self.meta_optimizer == "es":
+      return (self.es_population * self.es_seeds * len(self.envs) * self.lifetime_updates
+              * self.meta.rollout_len * self.meta.num_envs)
     return self.population * self.meta.agent_steps_per_update
 
   # ------------------------------------------------------------------ JSON
@@ -212,4 +252,19 @@ PRESETS: dict[str, TrainConfig] = {
         # Two MinAtar games at 800 x 20 x 64 = 1.02M steps per lifetime, and CartPole.
         validate_envs=("Breakout", "SpaceInvaders", "CartPole"), validate_every=100,
         validate_updates=800, validate_seeds=2),
+    # Evolution strategies (--meta-optimizer es), seconds, for tests: the tiny
+    # preset's world with a lifetime-aware rule, 4 members, N in [4, 8].
+    "es-tiny": TrainConfig(
+        envs=("chain/short",), num_updates=4, lifetime_updates=8, lifetime_updates_min=4,
+        rule=LPGConfig(hidden=8, y_dim=4, phi_hidden=4, lifetime_inputs=True),
+        meta=MetaConfig(num_inner=2, rollout_len=8, num_envs=4), checkpoint_every=2,
+        log_every=1, validate_envs=("chain/long",), validate_every=2, validate_updates=8,
+        meta_optimizer="es", es_population=4),
+    # A real ES run on 2 CPU cores: the smoke worlds, a 32-wide lifetime-aware
+    # rule, 32 members x 2 seeds, whole lifetimes of N in [10, 60] updates.
+    "es-cpu": TrainConfig(
+        num_updates=300, lifetime_updates=60, lifetime_updates_min=10,
+        rule=LPGConfig(hidden=32, lifetime_inputs=True), checkpoint_every=20, log_every=5,
+        validate_envs=("chain/long", "tabular/sparse"), validate_every=20,
+        meta_optimizer="es", es_population=32, es_seeds=2),
 }

@@ -72,7 +72,9 @@ def start_state(plan, mt):
                  if plan.init_rule else None)
   state = mt.init(plan.config.seed)
   if rule_params is not None:
-    state = state._replace(rule_params=rule_params)
+    with_rule = getattr(mt, "with_rule", None)  # ES: the rule is its mean
+    state = (with_rule(state, rule_params) if with_rule is not None
+             else state._replace(rule_params=rule_params))
   best = validation.initial_best(state.rule_params) if validating else None
   return state, best, 0.0
 
@@ -134,15 +136,28 @@ class _Stop:
     self.signal = signum
 
 
-def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int:
-  config = plan.config
-  devices = jax.devices()
+def build(config, devices):
+  """``(trainer, MetricsLogger class, description)`` of the configured meta-optimizer."""
+  mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
   try:
+    if config.meta_optimizer == "es":
+      from meta_train import es_train
+      mt = es_train.make_es_train(config, mesh=mesh)
+      return mt, es_train.ESMetricsLogger, (
+          f"ES: {config.es_population} members x {len(config.envs)} envs x {config.es_seeds} "
+          f"lifetime(s) of {config.lifetime_updates} updates")
     distributed.check_population(config.agents_per_env, config.agent_chunk, len(devices))
   except ValueError as e:
     raise UserError(str(e)) from None
-  mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
-  mt = make_meta_train(config, mesh=mesh)
+  return make_meta_train(config, mesh=mesh), MetricsLogger, (
+      f"{len(config.envs)} envs x {config.agents_per_env} lifetimes = {config.population} "
+      f"agents; K={config.meta.num_inner}")
+
+
+def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int:
+  config = plan.config
+  devices = jax.devices()
+  mt, logger_class, what = build(config, devices)
   state, best, wall_offset = start_state(plan, mt)
   write_start(plan)
   validator = validation.make_validator(mt.setup, plan.out) if best is not None else None
@@ -150,10 +165,9 @@ def run_job(plan, time_limit: float | None = None, progress: bool = True) -> int
                  f"{jax.process_count()} process(es)")
   for note in plan.notes:
     print(f"{PROG}: {note}", file=sys.stderr)
-  print(f"{PROG}: {len(config.envs)} envs x {config.agents_per_env} lifetimes = "
-        f"{config.population} agents; rule LSTM {config.rule.hidden}; K={config.meta.num_inner}; "
-        f"devices: {device_desc}; out: {plan.out}", file=sys.stderr)
-  logger = MetricsLogger(os.path.join(plan.out, run_dir.METRICS), config, mt,
+  print(f"{PROG}: {what}; rule LSTM {config.rule.hidden}; devices: {device_desc}; "
+        f"out: {plan.out}", file=sys.stderr)
+  logger = logger_class(os.path.join(plan.out, run_dir.METRICS), config, mt,
                          resume=plan.restore or os.path.exists(os.path.join(plan.out, run_dir.METRICS)),
                          start_step=scalar(state.step), write=plan.main_process)
   check = Checker(plan, mt, validator, logger, best)

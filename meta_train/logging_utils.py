@@ -66,7 +66,7 @@ class MetricsLogger:
 
   def add(self, metrics, seconds: float, step: int, wall: float) -> dict | None:
     """Adds the metrics of one compiled call (leading dim: updates)."""
-    n = int(np.asarray(metrics.meta_loss).shape[0])
+    n = int(np.asarray(metrics[0]).shape[0])
     for i in range(n):
       self.items.append(type(metrics)(*[np.asarray(x)[i] for x in metrics]))
     self.seconds += seconds
