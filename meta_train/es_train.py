@@ -12,9 +12,10 @@ shares its checkpoints, validation, metrics, progress and artifact:
   ``es_seeds`` whole lifetimes per training env; the generation's lifetime
   length N is drawn once (``sample_planned``) and shared by its members.
 
-The agents' inner hyperparameters are fixed (no bandit): per agent kind, the
-arm ``meta_train.validation.settled`` reports for an untouched bandit, so the
-artifact's ``meta_test`` settings and validation use what training used.
+The agents' inner hyperparameters are fixed (no bandit): per agent kind, the arm
+``meta_train.validation.settled`` reports for an untouched bandit (the middle
+candidates), so the artifact's ``meta_test`` settings and validation use what
+training used.
 ``ESTrainState.rule_params`` is ``unravel(es.mean)``, kept in step with the mean.
 """
 from __future__ import annotations

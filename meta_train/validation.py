@@ -79,6 +79,8 @@ def kind_of(name: str) -> str:
 def settled(setup, bandit_state) -> dict:
   """Per agent kind the bandit's favourite arm: ``{kind: {learning_rate, alpha_y, probability}}``.
 
+  A bandit with no preference yet (equal probabilities) gives the middle candidates.
+
   The arm probabilities (``bandit.probabilities``) are averaged over the training
   envs of that kind; ``lifetime_updates`` is the lifetime length trained for.
   """
@@ -89,13 +91,22 @@ def settled(setup, bandit_state) -> dict:
   for kind in dict.fromkeys(kinds):
     rows = [e for e, k in enumerate(kinds) if k == kind]
     mean = probs[rows].mean(0)
-    arm = int(np.argmax(mean))
+    arm = int(np.argmax(mean)) if np.ptp(mean) > 1e-6 else _middle_arm(setup, rows[0], kind)
     lr, ay = setup.arm_table[rows[0], arm]
     out[kind] = {"learning_rate": float(lr), "alpha_y": float(ay),
                  "probability": float(mean[arm]), "lifetime_updates": int(c.lifetime_updates)}
     if c.lifetime_updates_min:
       out[kind]["lifetime_updates_min"] = int(c.lifetime_updates_min)
   return out
+
+
+def _middle_arm(setup, env_index: int, kind: str) -> int:
+  """The arm of the middle candidates: what an untried bandit (no preference yet, e.g. at
+  the start of a run or under ES, which has no bandit) settles on, rather than arm 0."""
+  mid = _fallback(setup.config, kind)
+  table = np.asarray(setup.arm_table[env_index])          # [A, 2] (learning rate, alpha_y)
+  distance = np.abs(np.log(table[:, 0] / mid["learning_rate"])) + np.abs(table[:, 1] - mid["alpha_y"])
+  return int(np.argmin(distance))
 
 
 def _fallback(config, kind: str) -> dict:
