@@ -156,6 +156,9 @@ def atomic_write(path: str, data: bytes, prefix: str = ".tmp-", suffix: str = ".
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)      # mkstemp's 0600 would make shared rules unreadable
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
