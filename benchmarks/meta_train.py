@@ -13,6 +13,10 @@ Rows:
   repro-512            the same with 512 lifetimes (chunks of 16, rematerialised inner updates)
   devices-N            (with --devices) the smoke preset with 16 lifetimes on N simulated CPU devices;
                        ``speedup`` is relative to the first devices row of the same run
+  es-ROW               evolution strategies (``--meta-optimizer es``) at ROW's population: as many
+                       forward-only lifetimes per generation (members x worlds) as ROW has lifetimes,
+                       the same rule and batch, whole lifetimes of 50 updates; ``vs_gradient`` is the
+                       agent-steps/s ratio to ROW measured in the same run
 
 A ratio is printed only against a figure measured in the same run: to compare
 with another program (the open reproduction, say), run both side by side on the
@@ -21,6 +25,7 @@ same machine.
     python benchmarks/meta_train.py                      # smoke, cpu, repro-8, repro-512
     python benchmarks/meta_train.py --rows gpu           # on an accelerator
     python benchmarks/meta_train.py --devices 1,2,4      # scale-out on simulated CPU devices
+    python benchmarks/meta_train.py --rows smoke,es-smoke,repro-8,es-repro-8   # ES next to the gradient
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ import sys
 import time
 
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+ES_LIFETIME = 50  # agent updates of one ES lifetime in the es-* rows
+
 
 def row_config(name: str):
   from lpg.meta_objective import MetaConfig
@@ -54,6 +62,11 @@ def row_config(name: str):
     meta = dataclasses.replace(repro["meta"], remat_inner=True)
     return dataclasses.replace(PRESETS["smoke"], agents_per_env=512, agent_chunk=16,
                                **dict(repro, meta=meta))
+  if name.startswith("es-"):
+    base = row_config(name[3:])
+    return dataclasses.replace(base, meta_optimizer="es", es_population=base.agents_per_env,
+                               es_seeds=1, lifetime_updates=ES_LIFETIME, lifetime_updates_min=0,
+                               validate_every=0)
   if name.startswith("devices-"):
     # Fixed total population (2 worlds x 8 lifetimes) split over N devices.
     return dataclasses.replace(PRESETS["smoke"], agents_per_env=8)
@@ -63,12 +76,10 @@ def row_config(name: str):
 def measure(name: str, updates: int) -> dict:
   import envs  # noqa: F401  (applies the XLA CPU guard before jax)
   import jax
-  from meta_train import distributed
-  from meta_train.trainer import make_meta_train
+  from meta_train.job import build
   config = row_config(name)
   devices = jax.devices()
-  mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
-  mt = make_meta_train(config, mesh=mesh)
+  mt = build(config, devices)[0]     # the job's own choice of meta-optimizer
   state = mt.init(config.seed)
   jax.block_until_ready(state)
   t = time.perf_counter()
@@ -84,7 +95,8 @@ def measure(name: str, updates: int) -> dict:
   row = {"row": name, "devices": f"{len(devices)} {devices[0].platform}",
          "lifetimes": config.population, "envs": len(config.envs),
          "envs/agent": config.meta.num_envs, "T": config.meta.rollout_len,
-         "K": config.meta.num_inner, "lstm": config.rule.hidden,
+         "K": "es" if config.meta_optimizer == "es" else config.meta.num_inner,
+         "lstm": config.rule.hidden,
          "compile_s": round(compile_s, 1), "s/update": round(per, 3),
          "agent-steps/s": round(config.agent_steps_per_update / per),
          "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
@@ -123,6 +135,11 @@ def main():
       first = next(r for r in results if r["row"].startswith("devices-"))
       results[-1]["speedup"] = f"{results[-1]['agent-steps/s'] / first['agent-steps/s']:.2f}x"
     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+  by_name = {r["row"]: r for r in results}
+  for r in results:   # ES against the gradient row of the same population, measured in this run
+    base = by_name.get(r["row"][3:]) if r["row"].startswith("es-") else None
+    if base:
+      r["vs_gradient"] = f"{r['agent-steps/s'] / base['agent-steps/s']:.2f}x"
   import pandas as pd
   print(pd.DataFrame(results).to_string(index=False))
 
