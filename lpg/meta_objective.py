@@ -27,7 +27,7 @@ from envs.base import Environment
 from lpg.networks import AgentConfig, make_agent_network
 from lpg.returns import batched_gae, batched_lambda_returns
 from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob, make_progress
 from lpg.types import PyTree, Rollout
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
 
@@ -176,11 +176,13 @@ class MetaProblem:
     meta = self.meta
     keys = jax.random.split(key, meta.num_inner + 1)
 
-    def inner(carry, k):
+    def inner(carry, xs):
+      k, j = xs
       params, opt_state, critic, critic_opt, env_carry = carry
       rollout, env_carry, stats = self.rollout(params, life.env_params, env_carry, k)
+      progress = make_progress(life.age + j, jnp.maximum(life.horizon, 1))  # lifetime-aware rules
       res = inner_update(self.rule, rule_params, self.net, self.optimizer, params, opt_state,
-                         rollout, life.hypers)
+                         rollout, life.hypers, progress=progress)
       critic, critic_opt, closs = self.critic_update(critic, critic_opt, rollout)
       pi_sq = jnp.mean(jnp.square(res.targets.pi_hat))
       y_sq = (jnp.mean(jnp.sum(jnp.square(res.targets.y_hat), -1))
@@ -191,7 +193,7 @@ class MetaProblem:
       inner = jax.checkpoint(inner)
     init = (life.agent_params, life.opt_state, life.critic_params, life.critic_opt_state, life.env)
     (params, opt_state, critic, critic_opt, env_carry), (pi_sq, y_sq, stats, closs) = jax.lax.scan(
-        inner, init, keys[:-1])
+        inner, init, (keys[:-1], jnp.arange(meta.num_inner)))
 
     rollout, env_carry, last_stats = self.rollout(params, life.env_params, env_carry, keys[-1])
     out = self.net.apply(params, rollout.obs)

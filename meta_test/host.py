@@ -24,7 +24,7 @@ import numpy as np
 from envs.base import ObsSpec
 from lpg.cli import UserError, one_line
 from lpg.networks import make_agent_network
-from lpg.rule import UpdateRule
+from lpg.rule import UpdateRule, make_progress
 from lpg.types import PyTree, Rollout
 from lpg.update import inner_update, make_optimizer
 from meta_test.train import RunConfig, RunResult, UpdateMetrics
@@ -240,7 +240,7 @@ def host_train(make_vec: Callable[[int], HostVecEnv], config: RunConfig, rule: U
   @jax.jit
   def update(params, opt_state, rollout, i):
     res = inner_update(rule, rule_params, net, optimizer, params, opt_state, rollout,
-                       config.hypers_at(i))
+                       config.hypers_at(i), progress=make_progress(i, config.num_updates))
     return res.params, res.opt_state, res.metrics["loss"]
 
   all_metrics = []

@@ -31,7 +31,7 @@ import numpy as np
 from envs.base import Environment
 from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
 from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, make_hypers
+from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, make_hypers, make_progress
 from lpg.update import OptimizerConfig, inner_update, make_optimizer
 
 
@@ -214,7 +214,8 @@ def make_train(env: Environment, config: RunConfig, rule: UpdateRule, rule_param
                                    state.env, k_roll, t)
     meta, out = hook.step(state.meta, i, params, state.opt_state, rollout)
     res = inner_update(rule, out.rule_params, hook.net_at(meta), optimizer, params,
-                       state.opt_state, rollout, config.hypers_at(i))
+                       state.opt_state, rollout, config.hypers_at(i),
+                       progress=make_progress(i, u))    # n/N for lifetime-aware rules
     ent = jnp.mean(entropy_from_logits(net_old.apply(params, rollout.obs[:-1]).logits))
     metrics = UpdateMetrics(return_sum=stats.return_sum, episodes=stats.count,
                             reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],

@@ -102,3 +102,15 @@ def test_es_on_four_simulated_devices_matches_one(straight_run, tmp_path):
   for a, b in zip(_params(os.path.join(straight_run, "rule.pkl")),
                   _params(os.path.join(out, "rule.pkl"))):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_lifetime_aware_rule_trains_through_lpg_apply(straight_run, tmp_path):
+  """lpg-apply gives a lifetime-aware rule its real budget (n/N over its updates), compiled
+  and through the gradient path's meta-objective alike (it used to raise: no progress)."""
+  from meta_test import apply
+  out = str(tmp_path / "apply")
+  assert apply.main(["--rule", os.path.join(straight_run, "rule.pkl"), "--env", "chain/short",
+                     "--steps", "2560", "--seeds", "2", "--num-envs", "4", "--rollout-len", "8",
+                     "--out", out, "--quiet"]) == 0
+  summary = json.load(open(os.path.join(out, "summary.json")))
+  assert summary["algo"] == "lpg" and summary["hyperparameters"]["num_updates"] == 80
