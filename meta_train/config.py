@@ -267,4 +267,17 @@ PRESETS: dict[str, TrainConfig] = {
         rule=LPGConfig(hidden=32, lifetime_inputs=True), checkpoint_every=20, log_every=5,
         validate_envs=("chain/long", "tabular/sparse"), validate_every=20,
         meta_optimizer="es", es_population=32, es_seeds=2),
+    # ES on an accelerator: all 15 worlds, a 256-wide lifetime-aware rule, 128
+    # members (64 antithetic pairs) x 1 lifetime per world, whole lifetimes of N
+    # log-uniform in [50, 500] updates (TA-LPG's range scaled to our worlds),
+    # 64 envs x 20 steps [chosen: the gpu preset's agents; population from the
+    # corrected public settings' order, LPG_SPEC section 9]; validated like gpu.
+    "es-gpu": TrainConfig(
+        envs=("all",), num_updates=2000, lifetime_updates=500, lifetime_updates_min=50,
+        rule=LPGConfig(hidden=256, lifetime_inputs=True),
+        meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=64),
+        checkpoint_every=50, log_every=5,
+        validate_envs=("Breakout", "SpaceInvaders", "CartPole"), validate_every=50,
+        validate_updates=800, validate_seeds=2,
+        meta_optimizer="es", es_population=128, es_seeds=1),
 }
