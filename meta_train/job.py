@@ -253,7 +253,8 @@ def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress, ch
       if stopper.signal is not None or timed_out:
         break
     logger.flush(step, wall())
-    check(state, step, wall(), final=step >= config.num_updates)
+    # A run that used its time budget is validated where it stops (an ablation's last point).
+    check(state, step, wall(), final=step >= config.num_updates or timed_out)
     export(state, wall(), check.best)
   finally:
     bar.close()
