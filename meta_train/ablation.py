@@ -185,8 +185,9 @@ def progress(path: str) -> tuple[float, int]:
   return 0.0, 0
 
 
-def _without_time_limit(args: list[str]) -> list[str]:
-  drop = {i + d for i, a in enumerate(args) if a == "--time-limit" for d in (0, 1)}
+def _settings(args: list[str]) -> list[str]:
+  """``args`` less ``--time-limit`` (the budget may grow) and ``--out`` (may be spelt anew)."""
+  drop = {i + d for i, a in enumerate(args) if a in ("--time-limit", "--out") for d in (0, 1)}
   return [a for i, a in enumerate(args) if i not in drop]
 
 
@@ -209,7 +210,7 @@ def plan_run(name: str, path: str, args: list[str], budget_s: float) -> Run:
   except (OSError, ValueError, KeyError, TypeError) as e:
     return Run(name, path, "failed", note=f"{record_path} is unreadable ({cli.one_line(e)}); "
                "move the run away and start again")
-  if _without_time_limit(started) != _without_time_limit(args):
+  if _settings(started) != _settings(args):
     return Run(name, path, "failed", note=(
         f"{path} was started as `{TRAIN_PROG} {shlex.join(started)}`, not with this variant's "
         "flags; move it away, or choose another --out"))
@@ -277,8 +278,9 @@ def execute(runs: list[Run], jobs: int, log_dir: str) -> dict[str, int]:
     while todo or running:
       while todo and len(running) < jobs and stop.signal is None:
         run = todo.pop(0)
-        print(f"{PROG}: {run.name}: {run.action} {run.note}: {run.command()}".replace("  ", " "),
-              file=sys.stderr, flush=True)
+        note = f" ({run.note})" if run.note else ""
+        print(f"{PROG}: {run.name}: {run.action}{note}: {run.command()}", file=sys.stderr,
+              flush=True)
         running[run.name] = (run, _start(run, log_dir), time.time())
       if stop.signal is not None and todo:
         todo.clear()

@@ -3,7 +3,8 @@
 Reads ``OUT/<variant>-s<seed>/metrics.jsonl`` (``meta_train.ablation``).  Per run, the
 validation lines give each held-out task's score and the run's mean score
 (``validation_score``) at each validation; *last* is the score at the run's last
-validation, *best* its highest, *drop* = best - last of the mean score.  Over the seeds
+validation, *best* its highest, *drop* = best - last of the mean score; *last - base* is
+the last mean score minus that of ``base`` (today's recipe) at the same seed.  Over the seeds
 of a variant the table gives ``mean ± sd`` (sample standard deviation, ddof 1; a single
 seed shows the mean alone).  A variant *falls* when its mean drop exceeds ``FALL_TOL``
 (issue 16's target: the winner's validation score does not fall as meta-training
@@ -19,11 +20,12 @@ import sys
 
 import numpy as np
 
-from meta_train.ablation import PROG, RUN_NAME
+from meta_train.ablation import PROG, RUN_NAME, VARIANTS
 from meta_train.plots import read_metrics
 
 FALL_TOL = 0.02   # mean drop (best - last) of the mean score that counts as falling
 MEAN = "mean"     # the task name of the run's mean validation score
+BASE = "base"     # today's recipe, the reference of the ``last - base`` column
 
 
 def read_runs(out: str):
@@ -75,18 +77,27 @@ def markdown(header: list[str], rows: list[list]) -> str:
   return "\n".join(lines)
 
 
+def versus_base(mean_runs, variant: str) -> str:
+  """``variant``'s last mean score minus ``BASE``'s, paired by seed (a seed fixes the
+  validation keys, so both rules meet the same agents and noise): mean ± sd."""
+  paired = mean_runs[mean_runs.variant == variant].merge(
+      mean_runs[mean_runs.variant == BASE], on="seed", suffixes=("", "_base"))
+  return spread(paired["last"] - paired["last_base"]) if variant != BASE else "-"
+
+
 def summary_table(runs, totals, variants: list[str]) -> str:
   """Per variant: seeds, mean score last / best / drop, falls, agent-steps, wall s."""
   rows = []
+  mean_runs = runs[runs.task == MEAN]
   for v in variants:
-    m = runs[(runs.variant == v) & (runs.task == MEAN)]
+    m = mean_runs[mean_runs.variant == v]
     t = totals[totals.variant == v]
     falls = "yes" if np.nanmean(m["drop"]) > FALL_TOL else "no"
-    rows.append([v, len(t), spread(m["last"]), spread(m["best"]), spread(m["drop"]), falls,
-                 f"{t.agent_steps.mean():,.0f}", f"{t.wall_time_s.mean():.0f}",
-                 f"{t.meta_updates.mean():.0f}"])
-  return markdown(["variant", "seeds", "score (last)", "score (best)", "drop best-last",
-                   "falls", "agent-steps", "wall s", "meta-updates"], rows)
+    rows.append([v, len(t), spread(m["last"]), versus_base(mean_runs, v), spread(m["best"]),
+                 spread(m["drop"]), falls, f"{t.agent_steps.mean():,.0f}",
+                 f"{t.wall_time_s.mean():.0f}", f"{t.meta_updates.mean():.0f}"])
+  return markdown(["variant", "seeds", "score (last)", f"last - {BASE}", "score (best)",
+                   "drop best-last", "falls", "agent-steps", "wall s", "meta-updates"], rows)
 
 
 def task_table(runs, variants: list[str], tasks: list[str], which: str) -> str:
@@ -98,7 +109,8 @@ def task_table(runs, variants: list[str], tasks: list[str], which: str) -> str:
 
 def tables(validations, totals) -> str:
   runs = per_run(validations)
-  variants = list(dict.fromkeys(totals.variant))
+  order = {v: i for i, v in enumerate(VARIANTS)}
+  variants = sorted(dict.fromkeys(totals.variant), key=lambda v: (order.get(v, len(order)), v))
   tasks = [t for t in dict.fromkeys(validations.task) if t != MEAN]
   return "\n\n".join([
       f"Validation scores, mean ± sd over seeds (falls: mean drop > {FALL_TOL}).",

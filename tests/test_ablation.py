@@ -65,6 +65,11 @@ def test_killed_run_is_resumed_with_the_budget_left(tmp_path, capsys, monkeypatc
   assert calls[2] == ["--out", str(out / "base-s0"), "--resume", "--time-limit", "60",
                       "--no-progress"]
   assert ablation.main(args) == 0 and len(_lines(out / "calls.jsonl")) == 3
+  capsys.readouterr()
+  # the same directories with other flags under the variant's name: refused, nothing run
+  assert ablation.main(args + ["--define", "base=--lifetime-updates-min 4"]) == 1
+  assert capsys.readouterr().err.count("not with this variant's flags; move it away") == 2
+  assert len(_lines(out / "calls.jsonl")) == 3
 
 
 def test_dry_run_and_a_variant_with_an_unknown_flag(tmp_path, capsys):
@@ -114,19 +119,19 @@ def test_report_table_from_hand_made_metrics(tmp_path, capsys):
   out = tmp_path / "abl"
   _write_run(out, "a-s0", [(5, 100, 12, 0.2, 0.4, 0.3), (10, 200, 22, 0.6, 0.2, 0.4)], None)
   _write_run(out, "a-s1", [(5, 100, 14, 0.4, 0.8, 0.6), (8, 160, 18, 0.2, 0.4, 0.3)], None)
-  _write_run(out, "b-s0", [(4, 1000, 30, 0.1, 0.3, 0.2)], (6, 1500, 31))
+  _write_run(out, "base-s0", [(4, 1000, 30, 0.1, 0.3, 0.2)], (6, 1500, 31))
   os.makedirs(out / "logs")
   md, png = tmp_path / "t" / "table.md", tmp_path / "t" / "curves.png"
   assert ablation.main(["report", "--out", str(out), "--md", str(md), "--png", str(png)]) == 0
   text = md.read_text()
   assert text == capsys.readouterr().out
-  assert ("| a | 2 | 0.350 ± 0.071 | 0.500 ± 0.141 | 0.150 ± 0.212 | yes | 180 | 20 | 9 |"
-          in text)
-  assert "| b | 1 | 0.200 | 0.200 | 0.000 | no | 1,500 | 31 | 6 |" in text
+  assert ("| base | 1 | 0.200 | - | 0.200 | 0.000 | no | 1,500 | 31 | 6 |\n"
+          "| a | 2 | 0.350 ± 0.071 | 0.200 | 0.500 ± 0.141 | 0.150 ± 0.212 | yes | 180 | 20 | 9 |"
+          in text)  # base first; a - base paired by seed: only seed 0, 0.4 - 0.2
   last, best = text.split("Held-out tasks at the last validation:")[1].split(
       "Held-out tasks at their best validation:")
-  assert "| a | 0.400 ± 0.283 | 0.300 ± 0.141 |" in last and "| b | 0.100 | 0.300 |" in last
+  assert "| a | 0.400 ± 0.283 | 0.300 ± 0.141 |" in last and "| base | 0.100 | 0.300 |" in last
   assert "| a | 0.500 ± 0.141 | 0.600 ± 0.283 |" in best
   assert png.stat().st_size > 10_000
   assert ablation_report.read_runs(str(out))[0].groupby("variant").k.max().to_dict() == {
-      "a": 1, "b": 0}
+      "a": 1, "base": 0}
