@@ -272,7 +272,7 @@ def execute(runs: list[Run], jobs: int, log_dir: str) -> dict[str, int]:
   todo = [r for r in runs if r.action in ("new", "resume")]
   running: dict[str, tuple[Run, subprocess.Popen, float]] = {}
   status: dict[str, int] = {}
-  stop = _Interrupt()
+  stop, forwarded = _Interrupt(), False
   old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     while todo or running:
@@ -282,8 +282,9 @@ def execute(runs: list[Run], jobs: int, log_dir: str) -> dict[str, int]:
         print(f"{PROG}: {run.name}: {run.action}{note}: {run.command()}", file=sys.stderr,
               flush=True)
         running[run.name] = (run, _start(run, log_dir), time.time())
-      if stop.signal is not None and todo:
+      if stop.signal is not None and not forwarded:
         todo.clear()
+        forwarded = True
         for _, proc, _ in running.values():
           proc.send_signal(signal.SIGTERM)  # once: the run checkpoints and exits
       for name, (run, proc, t0) in list(running.items()):
@@ -291,8 +292,9 @@ def execute(runs: list[Run], jobs: int, log_dir: str) -> dict[str, int]:
           continue
         del running[name]
         status[name] = proc.returncode
-        said = "finished" if proc.returncode == 0 else (
-            f"failed (exit {proc.returncode}): {_last_line(os.path.join(log_dir, name + '.log'))}")
+        said = "finished" if proc.returncode == 0 else "stopped" if forwarded else "failed"
+        if proc.returncode:
+          said += f" (exit {proc.returncode}): {_last_line(os.path.join(log_dir, name + '.log'))}"
         print(f"{PROG}: {name}: {said} after {time.time() - t0:.0f} s", file=sys.stderr,
               flush=True)
       time.sleep(0.2)
