@@ -256,13 +256,18 @@ def _last_line(log: str) -> str:
   return (errors or lines or [""])[-1]
 
 
-def _start(run: Run, log_dir: str) -> subprocess.Popen:
+def _start(run: Run, log_dir: str, shared: bool) -> subprocess.Popen:
+  """Starts ``run`` (``shared``: other runs share the machine, so no run takes all of an
+  accelerator's memory up front)."""
   nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+  env = dict(os.environ)
+  if shared:
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   log = open(os.path.join(log_dir, f"{run.name}.log"), "a")
   log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')}: {run.command()}\n")
   log.flush()
   proc = subprocess.Popen([*nice, *TRAINER, *run.argv], stdout=log, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, start_new_session=True)
+                          stdin=subprocess.DEVNULL, start_new_session=True, env=env)
   log.close()
   return proc
 
@@ -281,7 +286,7 @@ def execute(runs: list[Run], jobs: int, log_dir: str) -> dict[str, int]:
         note = f" ({run.note})" if run.note else ""
         print(f"{PROG}: {run.name}: {run.action}{note}: {run.command()}", file=sys.stderr,
               flush=True)
-        running[run.name] = (run, _start(run, log_dir), time.time())
+        running[run.name] = (run, _start(run, log_dir, jobs > 1), time.time())
       if stop.signal is not None and not forwarded:
         todo.clear()
         forwarded = True
