@@ -91,13 +91,15 @@ SCALES: dict[str, Scale] = {
 
 _LIFETIME: Args = (("--rule-inputs", "lifetime"), ("--lifetime-updates-min", "{lifetime_min}"))
 _PROCGEN: Args = (("--envs", "{worlds}," + PROCGEN),)
-_CURRICULUM: Args = _PROCGEN + (("--curriculum", "learnability"),)
+# Regret, not learnability: lpg-meta-train's learnability needs per-level optimal returns,
+# which procgen/random lacks, and the variant must differ from procgen in the curriculum only.
+_CURRICULUM: Args = _PROCGEN + (("--curriculum", "regret"),)
 VARIANTS: dict[str, Args] = {
     "base": (),                                   # today's recipe: the named worlds
     "lifetime": _LIFETIME,                        # + lifetime (n/N) inputs, drawn lengths
     "es": (("--meta-optimizer", "es"),),          # evolution strategies
     "procgen": _PROCGEN,                          # + procedurally generated worlds
-    "curriculum": _CURRICULUM,                    # + a learnability curriculum over them
+    "curriculum": _CURRICULUM,                    # + a regret curriculum over them
     "norm": (("--rule-inputs", "signlog,normalise"),),  # normalised reward inputs
     "k20": (("--num-inner", "20"),),              # 20 inner updates per meta-gradient
     # The combination to confirm (edit here, or --define best='...'):
