@@ -53,3 +53,27 @@ def test_shape_mismatch_with_the_stored_config_is_refused(saved, tmp_path):
   save_rule(path, saved[1], MetaGenRLConfig(hidden=5, use_progress=True))
   with pytest.raises(ArtifactError, match="shape"):
     load_rule(path, families=KNOWN)
+
+
+def _apply(rule_path, out, *extra):
+  assert apply.main(["--rule", rule_path, "--steps", "1280", "--seeds", "2", "--num-envs", "4",
+                     "--rollout-len", "8", "--out", out, "--quiet", *extra]) == 0
+  return json.load(open(os.path.join(out, "summary.json")))
+
+
+@pytest.mark.parametrize("env, agent, compiled", [
+    ("chain/short", None, True),                       # tabular agent
+    ("CartPole", None, True),                          # MLP agent (vector)
+    ("random/small", "conv", True),                    # conv agent (image)
+    ("meta_test.examples:chain_short", None, False),   # a user env: the host loop
+])
+def test_a_metagenrl_objective_trains_through_lpg_apply(saved, tmp_path, env, agent, compiled):
+  """``--algo lpg`` (the default) takes a rule of either family; the agent gets the value
+  head ``v`` the objective reads (and n/N: this objective takes the lifetime progress)."""
+  summary = _apply(saved[0], str(tmp_path / "run"), "--env", env,
+                   *(["--agent", agent] if agent else []))
+  assert summary["algo"] == "lpg" and summary["family"] == "metagenrl"
+  assert summary["rule"]["family"] == "metagenrl" and summary["compiled"] is compiled
+  assert summary["rule"]["config"] == CONFIG.to_dict()
+  assert summary["hyperparameters"]["num_updates"] == 40
+  assert np.all(np.isfinite(summary["final_return_per_seed"]))
