@@ -15,6 +15,7 @@ from lpg.metagenrl import MetaGenRLConfig, MetaGenRLRule
 from meta_train import checkpoint
 from meta_train.cli import main
 from meta_train.config import PRESETS, TrainConfig
+from meta_train_helpers import fresh_run, run_files_and_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "meta_train_kill_driver.py")
@@ -28,20 +29,15 @@ def _rule(out, name="rule.pkl"):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("mgenrl") / "run")
-  assert main(TINY + ["--out", out]) == 0
-  return out
+  """``--family metagenrl`` alone: the mgenrl-tiny preset, 4 meta-updates."""
+  return fresh_run(tmp_path_factory, TINY)
 
 
 def test_tiny_run_writes_the_run_directory(straight_run):
-  out = straight_run
-  for f in ("config.json", "metrics.jsonl", "rule.pkl", "rule_best.pkl"):
-    assert os.path.isfile(os.path.join(out, f)), f
-  assert [s for s, _ in checkpoint.list_checkpoints(out)] == [2, 4]
+  out, lines = straight_run, run_files_and_metrics(straight_run, [2, 4])
   record = json.load(open(os.path.join(out, "config.json")))
   assert record["preset"] == "mgenrl-tiny" and record["config"]["family"] == "metagenrl"
   assert TrainConfig.from_dict(record["config"]) == PRESETS["mgenrl-tiny"]
-  lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
   train = [l for l in lines if "critic_loss" in l]
   assert [l["meta_update"] for l in train] == [1, 2, 3, 4]
   steps = PRESETS["mgenrl-tiny"].agent_steps_per_update
