@@ -9,7 +9,7 @@ The file is a pickle of built-in types only::
      "checksum": "<sha256 of config, metadata and every array>"}
 
 Optional top-level fields: ``"family"`` (the kind of rule, ``"lpg"`` when
-absent) and any other key with plain-data values (``LoadedRule.extras``, e.g.
+absent; ``BUILDERS`` rebuilds the rule of each known family from its config) and any other key with plain-data values (``LoadedRule.extras``, e.g.
 meta-test settings); when present they are covered by the checksum, and files
 without them keep the checksum of format version 1.
 
@@ -40,7 +40,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from lpg.rule import LPGConfig, LPGRule
+from lpg.metagenrl import MetaGenRLConfig, MetaGenRLRule
+from lpg.rule import LPGConfig, LPGRule, UpdateRule
 
 FORMAT = "lpg-rule"
 FORMAT_VERSION = 1
@@ -77,13 +78,14 @@ class ArtifactError(ValueError):
 class LoadedRule(NamedTuple):
   """A validated artifact.
 
-  For ``family == "lpg"``: ``rule``/``config`` are the ``LPGRule`` and its
-  ``LPGConfig``, ``params`` the haiku tree checked against ``rule.init``.  For
-  another family (only when the caller asked for it): ``rule`` is None,
+  For a family of ``BUILDERS`` (``lpg``, ``metagenrl``): ``rule``/``config`` are
+  the rule and its config (``LPGRule``/``LPGConfig``, ``MetaGenRLRule``/
+  ``MetaGenRLConfig``), ``params`` the haiku tree checked against ``rule.init``.
+  For another family (only when the caller asked for it): ``rule`` is None,
   ``config`` the stored dict and ``params`` the unchecked tree of finite float
   arrays.  ``extras``: the optional top-level fields other than ``family``.
   """
-  rule: LPGRule | None
+  rule: UpdateRule | None
   params: dict
   config: Any
   metadata: dict
@@ -177,14 +179,21 @@ def atomic_write(path: str, data: bytes, prefix: str = ".tmp-", suffix: str = ".
 _atomic_write = atomic_write  # older private name
 
 
-def encode_rule(params, config, metadata: dict | None = None, family: str = FAMILY,
+def family_of(config) -> str:
+  """The family whose rule ``config`` builds (``FAMILY`` for a plain dict)."""
+  return next((name for name, (kind, _) in BUILDERS.items() if isinstance(config, kind)), FAMILY)
+
+
+def encode_rule(params, config, metadata: dict | None = None, family: str | None = None,
                 extras: dict | None = None) -> tuple[bytes, str]:
   """Serialises a rule to artifact bytes; returns ``(bytes, checksum)``.
 
-  ``config``: an ``LPGConfig`` (or, for another ``family``, a plain dict);
-  ``extras``: optional plain-data top-level fields.  A default ``family`` and
-  no extras write exactly the format-version-1 layout.
+  ``config``: an ``LPGConfig`` or ``MetaGenRLConfig`` (or, for another
+  ``family``, a plain dict); ``family`` defaults to the config's
+  (``family_of``).  ``extras``: optional plain-data top-level fields.  An
+  ``lpg`` rule without extras is written in exactly the format-version-1 layout.
   """
+  family = family_of(config) if family is None else family
   arrays = {}
   for key, value in _flatten(jax.device_get(params)).items():
     value = np.ascontiguousarray(np.asarray(value))
@@ -202,7 +211,7 @@ def encode_rule(params, config, metadata: dict | None = None, family: str = FAMI
   return pickle.dumps(payload, protocol=4), checksum
 
 
-def save_rule(path: str, params, config, metadata: dict | None = None, family: str = FAMILY,
+def save_rule(path: str, params, config, metadata: dict | None = None, family: str | None = None,
               extras: dict | None = None) -> str:
   """Writes the rule atomically to ``path``; returns its checksum (see ``encode_rule``)."""
   data, checksum = encode_rule(params, config, metadata, family, extras)
@@ -316,13 +325,23 @@ def _arrays(payload: dict, source: str) -> dict[str, np.ndarray]:
   return flat
 
 
-def _lpg_rule(config_d: dict, flat: dict, source: str) -> tuple[LPGRule, LPGConfig]:
-  """The rule of an ``lpg`` artifact; its arrays must match a fresh ``init`` exactly."""
+# Known families: name -> (config class, rule class).  A config class needs
+# ``from_dict`` (or keyword fields) and the rule ``init(key)``.
+BUILDERS: dict[str, tuple[type, type]] = {
+    FAMILY: (LPGConfig, LPGRule),
+    "metagenrl": (MetaGenRLConfig, MetaGenRLRule),
+}
+
+
+def _build_rule(family: str, config_d: dict, flat: dict, source: str):
+  """``(rule, config)`` of a known family; its arrays must match a fresh ``init`` exactly."""
+  config_class, rule_class = BUILDERS[family]
   try:
-    config = LPGConfig(**config_d)
+    config = (config_class.from_dict(config_d) if hasattr(config_class, "from_dict")
+              else config_class(**config_d))
   except (TypeError, ValueError) as e:
-    raise ArtifactError(f"{source} has an invalid rule config: {e}") from None
-  rule = LPGRule(config)
+    raise ArtifactError(f"{source} has an invalid {family} rule config: {e}") from None
+  rule = rule_class(config)
   expected = _flatten(jax.eval_shape(rule.init, jax.random.PRNGKey(0)))
   if set(expected) != set(flat):
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
@@ -350,7 +369,7 @@ def decode_rule(data: bytes, source: str = "artifact",
                         f"{' or '.join(repr(f) for f in accepted)}")
   flat = _arrays(payload, source)
   extras = {k: v for k, v in payload.items() if k not in _CORE_FIELDS}
-  rule, config = (_lpg_rule(payload["config"], flat, source) if family == FAMILY
+  rule, config = (_build_rule(family, payload["config"], flat, source) if family in BUILDERS
                   else (None, payload["config"]))
   return LoadedRule(rule=rule, params=_unflatten(flat), config=config,
                     metadata=payload["metadata"], checksum=payload["checksum"],

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from lpg.returns import batched_lambda_returns
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, log_prob
+from lpg.rule import (InnerHypers, LifetimeProgress, UpdateRule, entropy_from_logits,
+                      log_prob)
 from lpg.types import AgentOutputs, PyTree, Rollout, RuleOutputs
 
 FAMILY = "metagenrl"
@@ -132,6 +133,8 @@ class MetaGenRLRule(UpdateRule):
 
   def __init__(self, config: MetaGenRLConfig = MetaGenRLConfig()):
     self.config = config
+    # ``lpg.update.inner_update`` then passes ``LifetimeProgress`` (lpg-apply, validation).
+    self.needs_progress = bool(config.use_progress)
     self._net = _objective_network(config)
 
   def head_sizes(self) -> dict[str, int]:
@@ -147,9 +150,12 @@ class MetaGenRLRule(UpdateRule):
 
   def targets(self, params: PyTree, rollout: Rollout, agent_out: AgentOutputs,
               hypers: InnerHypers, progress=None) -> RuleOutputs:
-    """See the class docstring; ``progress`` is used only with ``use_progress``."""
+    """See the class docstring; ``progress`` (a fraction in [0, 1] or a
+    ``LifetimeProgress`` n of N) is used only with ``use_progress``."""
     if self.config.use_progress and progress is None:
       raise ValueError("this MetaGenRL objective takes the lifetime progress; pass progress=")
+    if isinstance(progress, LifetimeProgress):
+      progress = progress.done / jnp.maximum(progress.planned, 1.0)
     feats = objective_features(rollout, agent_out, hypers.gamma,
                                progress if self.config.use_progress else None)
     o = self.apply(params, feats, rollout.done)

@@ -41,6 +41,7 @@ class Choice:
     params: the rule's frozen parameters.
     settings: the algorithm's configuration (a frozen dataclass) or None.
     path, checksum: the rule artifact given with ``--rule``, if any.
+    family: the artifact's rule family (``lpg``, ``metagenrl``) for ``--algo lpg``.
   """
   algo: str
   rule: UpdateRule | None
@@ -48,6 +49,7 @@ class Choice:
   settings: Any = None
   path: str | None = None
   checksum: str | None = None
+  family: str | None = None
 
   def settings_dict(self) -> dict:
     return dataclasses.asdict(self.settings) if self.settings is not None else {}
@@ -88,7 +90,8 @@ class Algo:
 
 
 def _lpg(loaded) -> Choice:
-  return Choice("lpg", loaded.rule, loaded.params, loaded.config)
+  """A learned rule of any family ``lpg.artifact.BUILDERS`` knows (LPG, MetaGenRL)."""
+  return Choice("lpg", loaded.rule, loaded.params, loaded.config, family=loaded.family)
 
 
 def _a2c(loaded) -> Choice:
@@ -137,7 +140,8 @@ def _ppo_train(env, config: RunConfig, choice: Choice, env_params=None) -> Train
 
 
 ALGOS: dict[str, Algo] = {
-    "lpg": Algo("the learned rule of --rule (LPG)", _lpg, needs_rule=True),
+    "lpg": Algo("the learned rule of --rule (LPG or MetaGenRL, by the artifact's family)", _lpg,
+                needs_rule=True),
     "a2c": Algo("advantage actor-critic with GAE (meta_test.baselines)", _a2c,
                 kind_settings=lambda kind: A2C_DEFAULTS[kind],
                 with_settings=lambda choice, s: dataclasses.replace(choice, rule=A2CRule(s),

@@ -236,8 +236,8 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   if algo not in ALGOS:
     make_choice(algo)          # the unknown-name error, before any loading
   if loaded_rule is None and rule_path is not None:
-    from lpg.artifact import load_rule
-    loaded_rule = load_rule(rule_path)
+    from lpg.artifact import BUILDERS, load_rule
+    loaded_rule = load_rule(rule_path, families=tuple(BUILDERS))
   choice = make_choice(algo, loaded_rule, rule_path)
   source = resolve_env(env)
   if source.host and not ALGOS[algo].host:

@@ -245,8 +245,8 @@ def make_plans(args) -> list[tuple]:
     raise cli.UserError("--algos has lpg: pass --rule PATH (a rule artifact .pkl)")
   loaded = None
   if args.rule:
-    from lpg.artifact import load_rule
-    loaded = load_rule(args.rule)
+    from lpg.artifact import BUILDERS, load_rule
+    loaded = load_rule(args.rule, families=tuple(BUILDERS))
   jobs = []
   for env in resolve_suite(args.suite):
     for algo in algos:

@@ -157,7 +157,8 @@ def summarise(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
       "final_return_per_seed": list(per_seed), "final_window_updates": int(window),
       "normalised_score": normalised_score(plan.source.name, mean) if math.isfinite(mean) else None,
       "episodes": int(result.metrics.episodes.sum()),
-      "rule": {"path": choice.path, "checksum": choice.checksum, "config": choice.settings_dict()},
+      "rule": {"path": choice.path, "checksum": choice.checksum, "config": choice.settings_dict(),
+               "family": choice.family},
       "wall_time_s": float(wall_time_s), "steps_per_s": float(result.steps_per_s),
       "compiled": not plan.source.host, "agent": agent_dict(plan.run.agent),
       "hyperparameters": hyperparameters(plan),
@@ -167,6 +168,8 @@ def summarise(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
   }
   if learned is not None:
     summary["meta_params"] = learned
+  if choice.family is not None:
+    summary["family"] = choice.family
   return json_safe(summary)
 
 

@@ -35,7 +35,7 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
          "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
-         "es_sigma")
+         "es_sigma", "family")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
             "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma")
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--meta-optimizer", choices=("gradient", "es"), default=None,
                  help="gradient: truncated meta-gradient; es: evolution strategies over whole "
                       "lifetimes (default: the preset's)")
+  p.add_argument("--family", choices=FAMILIES, default=None,
+                 help="lpg: an LPG rule; metagenrl: a MetaGenRL objective meta-trained through "
+                      "a critic (presets mgenrl-tiny, mgenrl-cpu; default the preset's family)")
   p.add_argument("--es-population", type=cli.integer, default=None,
                  help="ES members per generation (even: antithetic pairs)")
   p.add_argument("--es-sigma", type=cli.finite_float, default=None,
@@ -118,11 +121,20 @@ def expand_envs(spec: str, flag: str = "--envs") -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
-def _preset(name: str | None):
+FAMILIES = ("lpg", "metagenrl")
+DEFAULT_PRESETS = {"lpg": "smoke", "metagenrl": "mgenrl-tiny"}
+
+
+def _preset(name: str | None, family: str | None = None):
+  """``(name, TrainConfig)`` of ``--preset`` (default: ``--family``'s), of ``--family``."""
   from meta_train.config import PRESETS
-  name = name or "smoke"
+  name = name or DEFAULT_PRESETS[family or "lpg"]
   if name not in PRESETS:
     raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+  if family is not None and PRESETS[name].family != family:
+    same = [n for n, p in PRESETS.items() if p.family == family]
+    raise UserError(f"--preset {name} is a {PRESETS[name].family} preset, not {family}; "
+                    f"choose one of {', '.join(same)}")
   return name, PRESETS[name]
 
 
@@ -142,7 +154,7 @@ def validate_envs(spec: str | None, default: tuple[str, ...], train: tuple[str, 
 
 def make_config(args):
   """The config of a new run: the preset with the flags' overrides."""
-  _, config = _preset(args.preset)
+  _, config = _preset(args.preset, args.family)
   overrides = {"envs": expand_envs(args.envs if args.envs is not None else ",".join(config.envs))}
   overrides["validate_envs"] = validate_envs(args.validate_envs, config.validate_envs,
                                              overrides["envs"])
@@ -210,7 +222,8 @@ def plan_run(args, argv: list[str], multi: bool) -> Plan:
   """Validates the flags and the run directory; writes nothing."""
   from meta_train import checkpoint, run_dir
   out = args.out or os.path.join(
-      "runs", f"{args.preset or 'smoke'}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+      "runs", f"{args.preset or DEFAULT_PRESETS[args.family or 'lpg']}-"
+              f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
   main_process = not multi or args.process_id == 0
   command = " ".join([PROG] + [shlex.quote(a) for a in argv])
   entry = {"command": command, "date": run_dir.now()}
@@ -229,7 +242,8 @@ def plan_run(args, argv: list[str], multi: bool) -> Plan:
     return Plan(out, config, record, restore, record.get("init_rule"), tuple(notes), main_process)
   config = make_config(args)
   note = run_dir.check_new_run_dir(out) if main_process else None
-  record = {"config": config.to_dict(), "command": command, "preset": _preset(args.preset)[0],
+  record = {"config": config.to_dict(), "command": command,
+            "preset": _preset(args.preset, args.family)[0],
             "init_rule": args.init_rule, "git_commit": git_commit(), "started": entry["date"],
             "history": [entry]}
   return Plan(out, config, record, False, args.init_rule, (note,) if note else (), main_process)

@@ -12,7 +12,9 @@ import math
 from typing import Any
 
 from lpg.meta_objective import MetaConfig
+from lpg.metagenrl import MetaGenRLConfig
 from lpg.rule import LPGConfig
+from meta_train.metagenrl import MetaGenRLTrainConfig
 
 # Candidate inner hyperparameters of the balancing bandit (LPG_SPEC section 4).
 # Tabular agents use plain SGD on a mean loss, so their step sizes are large
@@ -25,6 +27,8 @@ TUPLE_FIELDS = ("envs", "mlp_hidden", "tabular_lrs", "network_lrs", "alpha_ys", 
 # Fields of configs written by earlier versions that no longer exist (dropped on load).
 RETIRED_FIELDS = ("fault_injection_step",)
 META_OPTIMIZERS = ("gradient", "es")
+# Rule families (``--family``) and their rule configs (``lpg.artifact.BUILDERS``).
+RULE_CONFIGS = {"lpg": LPGConfig, "metagenrl": MetaGenRLConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +101,19 @@ class TrainConfig:
     lifetime of N updates per env and seed (N: ``lifetime_updates``, or drawn
     log-uniformly from ``[lifetime_updates_min, lifetime_updates]`` once per
     generation, shared by all members).
+    family: ``lpg`` (``rule`` is an ``LPGConfig``) or ``metagenrl`` (``rule`` is a
+      ``MetaGenRLConfig``; meta-trained through a critic, ``meta_train.metagenrl_job``).
+    mgenrl: with ``metagenrl``, the critic, replay and meta-objective settings
+      (``MetaGenRLTrainConfig``); its population, rollout, K, discount, meta step,
+      clip and lifetime fields are taken from this config's ``agents_per_env``,
+      ``meta``, ``rule_gamma``, ``meta_lr``, ``meta_max_grad_norm`` and
+      ``lifetime_updates`` (``metagenrl_job.mgenrl_config``).
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
   num_updates: int = 40
   lifetime_updates: int = 60
-  rule: LPGConfig = LPGConfig(hidden=32)
+  rule: LPGConfig | MetaGenRLConfig = LPGConfig(hidden=32)
   meta: MetaConfig = MetaConfig(num_inner=3, rollout_len=20, num_envs=16)
   meta_lr: float = 1e-3
   meta_max_grad_norm: float = 0.5
@@ -134,6 +145,8 @@ class TrainConfig:
   es_lr: float = 1e-2
   es_window: float = 1.0
   es_seeds: int = 1
+  family: str = "lpg"
+  mgenrl: MetaGenRLTrainConfig | None = None
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
@@ -168,6 +181,7 @@ class TrainConfig:
       raise ValueError(f"lifetime-updates-min ({self.lifetime_updates_min}) must lie between K "
                        f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
     self._check_es()
+    self._check_family()
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
@@ -188,6 +202,17 @@ class TrainConfig:
     if int(self.es_seeds) < 1:
       raise ValueError(f"es-seeds must be >= 1, got {self.es_seeds}")
 
+  def _check_family(self):
+    if self.family not in RULE_CONFIGS:
+      raise ValueError(f"family must be one of {', '.join(RULE_CONFIGS)}, got {self.family!r}")
+    if not isinstance(self.rule, RULE_CONFIGS[self.family]):
+      raise ValueError(f"a {self.family} run needs a {RULE_CONFIGS[self.family].__name__} rule; "
+                       f"choose a preset of that family")
+    if self.family == "metagenrl" and (self.meta_optimizer != "gradient"
+                                       or self.lifetime_updates_min):
+      raise ValueError("--family metagenrl is meta-trained through its critic: it takes neither "
+                       "--meta-optimizer es nor --lifetime-updates-min")
+
   @property
   def validating(self) -> bool:
     return bool(self.validate_envs) and self.validate_every > 0
@@ -200,6 +225,8 @@ class TrainConfig:
   def agent_steps_per_update(self) -> int:
     """Environment steps the whole population takes per meta-update (with ``es``, per
     generation, counting full-length lifetimes: an upper bound with random lengths)."""
+    if self.family == "metagenrl":   # one rollout per agent per meta-update
+      return self.population * self.meta.rollout_len * self.meta.num_envs
     if self.meta_optimizer == "es":
       return (self.es_population * self.es_seeds * len(self.envs) * self.lifetime_updates
               * self.meta.rollout_len * self.meta.num_envs)
@@ -217,7 +244,9 @@ class TrainConfig:
     if unknown:
       raise ValueError(f"unknown config fields {sorted(unknown)}")
     if "rule" in d:
-      d["rule"] = LPGConfig(**d["rule"])
+      d["rule"] = RULE_CONFIGS[d.get("family", "lpg")](**d["rule"])
+    if d.get("mgenrl") is not None:
+      d["mgenrl"] = MetaGenRLTrainConfig(**d["mgenrl"])
     if "meta" in d:
       d["meta"] = MetaConfig(**d["meta"])
     for f in TUPLE_FIELDS:
@@ -281,3 +310,33 @@ PRESETS: dict[str, TrainConfig] = {
         validate_updates=800, validate_seeds=2,
         meta_optimizer="es", es_population=128, es_seeds=1),
 }
+
+# MetaGenRL (--family metagenrl; meta_train.metagenrl_job).  Agents' step sizes: one
+# candidate per kind [chosen: tabular SGD 10, as the tested tabular preset; network Adam
+# 1e-3]; critic, replay and meta-objective settings of meta_train.metagenrl.PRESETS
+# ["tabular"] (critic Adam 0.1 for tabular critics, Peng's Q(lambda 0.9), the update's own
+# states scored, entropy bonus 0.01).
+_MGENRL = MetaGenRLTrainConfig(buffer_segments=128, batch_segments=8, critic_lr=0.1,
+                               critic_lambda=0.9, held_out=False, entropy_coef=0.01)
+_MGENRL_ARMS = dict(tabular_lrs=(10.0,), network_lrs=(1e-3,), alpha_ys=(0.5,))
+PRESETS.update({
+    # Seconds, for tests: the tiny preset's world, a 4-wide objective, 2 agents.
+    "mgenrl-tiny": TrainConfig(
+        family="metagenrl", envs=("chain/short",), agents_per_env=2, num_updates=4,
+        lifetime_updates=8, rule=MetaGenRLConfig(hidden=4),
+        meta=MetaConfig(num_inner=1, rollout_len=8, num_envs=4), meta_lr=3e-3,
+        checkpoint_every=2, log_every=1, validate_envs=("chain/long",), validate_every=2,
+        validate_updates=8, mgenrl=dataclasses.replace(_MGENRL, buffer_segments=16,
+                                                       batch_segments=2), **_MGENRL_ARMS),
+    # A real CPU run, the scale of the lpg cpu preset: all 15 worlds (tabular and MLP
+    # agents), 4 agents per world, lifetimes of 500 updates, a 32-wide objective [code:
+    # obj_func_lstm_units 32], 16 envs x 20 steps, K = 1 [code], validated on CartPole
+    # and two held-out toy worlds every 100 meta-updates.
+    "mgenrl-cpu": TrainConfig(
+        family="metagenrl", envs=("all",), agents_per_env=4, num_updates=3000,
+        lifetime_updates=500, rule=MetaGenRLConfig(hidden=32),
+        meta=MetaConfig(num_inner=1, rollout_len=20, num_envs=16), meta_lr=3e-4,
+        meta_max_grad_norm=1.0, checkpoint_every=100, log_every=10,
+        validate_envs=("CartPole",), validate_every=100, validate_updates=200,
+        mgenrl=_MGENRL, **_MGENRL_ARMS),
+})

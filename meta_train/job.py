@@ -42,7 +42,7 @@ def device_record() -> dict:
 def load_init_rule(path: str, config, shardings):
   """Rule parameters from the artifact at ``path``; its rule config must equal ``config.rule``."""
   from lpg.artifact import load_rule
-  loaded = load_rule(path)
+  loaded = load_rule(path, families=(config.family,))
   if loaded.config != config.rule:
     raise UserError(f"--init-rule {path} has rule config {loaded.config}, this run needs "
                     f"{config.rule}; choose a matching preset")
@@ -138,6 +138,9 @@ class _Stop:
 
 def build(config, devices):
   """``(trainer, MetricsLogger class, description)`` of the configured meta-optimizer."""
+  if config.family == "metagenrl":
+    from meta_train import metagenrl_job
+    return metagenrl_job.build(config, devices)
   mesh = distributed.make_mesh(devices) if len(devices) > 1 else None
   try:
     if config.meta_optimizer == "es":

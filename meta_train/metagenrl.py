@@ -63,7 +63,8 @@ class MetaGenRLTrainConfig:
     num_inner: K, inner steps inside the meta-gradient [code:
       ``obj_func_second_order_steps`` 1].
     gamma: discount of the critic's targets and the agents' [code: 0.99].
-    critic_lr: Adam step of the critic [code: 1e-3; use ~0.1 for tabular critics].
+    critic_lr: Adam step of tabular agents' critics [code: 1e-3; use ~0.1 for tabular critics].
+    network_critic_lr: Adam step of MLP / conv agents' critics [code: 1e-3].
     critic_tau: Polyak rate of the target heads [code: 0.005].
     critic_lambda: 0 for one-step clipped double-Q targets (TD3); > 0 for
       Peng's Q(lambda) targets on the replayed segment [chosen: 0].
@@ -87,6 +88,7 @@ class MetaGenRLTrainConfig:
   num_inner: int = 1
   gamma: float = 0.99
   critic_lr: float = 1e-3
+  network_critic_lr: float = 1e-3
   critic_tau: float = 0.005
   critic_lambda: float = 0.0
   meta_lr: float = 1e-3
@@ -106,6 +108,8 @@ class MetaGenRLTrainConfig:
       raise ValueError("MetaGenRLTrainConfig.gamma and critic_lambda must lie in [0, 1]")
     if not 0.0 < self.critic_tau <= 1.0:
       raise ValueError("MetaGenRLTrainConfig.critic_tau must lie in (0, 1]")
+    if not (self.critic_lr > 0 and self.network_critic_lr > 0 and self.meta_lr > 0):
+      raise ValueError("MetaGenRLTrainConfig.critic_lr, network_critic_lr and meta_lr must be > 0")
     if self.lifetime_updates < 0 or self.meta_grad_clip < 0:
       raise ValueError("MetaGenRLTrainConfig.lifetime_updates and meta_grad_clip must be >= 0")
 
@@ -207,7 +211,8 @@ class MetaGenRLProblem:
     self.critic = make_agent_network(agent, env.obs_spec, env.num_actions,
                                      {"q2": env.num_actions})
     self.optimizer = make_optimizer(optimizer)
-    self.critic_optimizer = optax.adam(config.critic_lr)
+    self.critic_optimizer = optax.adam(
+        config.critic_lr if agent.kind == "tabular" else config.network_critic_lr)
 
   def init_agent(self, key: jax.Array, hypers: InnerHypers, age=0) -> AgentState:
     """A fresh agent, critic and empty buffer on a freshly drawn task."""

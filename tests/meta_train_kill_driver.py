@@ -14,11 +14,12 @@ import tempfile
 
 def kill_after_call(k: int) -> None:
   import jax
-  from meta_train import job
-  real = job.make_meta_train
+  from meta_train import job, metagenrl_job
+  real, real_mgenrl = job.make_meta_train, metagenrl_job.make_mgenrl_train
 
   def patched(config, mesh=None, **kw):
-    mt, calls = real(config, mesh, **kw), [0]
+    mt = real_mgenrl(config) if config.family == "metagenrl" else real(config, mesh, **kw)
+    calls = [0]
 
     def run(state, n):
       out = jax.block_until_ready(mt.run(state, n))
@@ -27,7 +28,7 @@ def kill_after_call(k: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
       return out
     return mt._replace(run=run)
-  job.make_meta_train = patched
+  job.make_meta_train = metagenrl_job.make_mgenrl_train = patched
 
 
 def kill_in_checkpoint_write(k: int) -> None:
