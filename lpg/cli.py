@@ -96,6 +96,14 @@ def nonnegative_int(text: str) -> int:
   return _at_least(_integer(text), text, 0, strict=False)
 
 
+def widths(text: str) -> tuple[int, ...]:
+  """A comma list of layer widths, each a whole number >= 1 (``64,64``)."""
+  parts = [p.strip() for p in text.split(",")]
+  if not all(parts):
+    raise argparse.ArgumentTypeError(f"expected widths like 64,64, got {text!r}")
+  return tuple(positive_int(p) for p in parts)
+
+
 # ----------------------------------------------------------------------- --out
 def prepare_out_dir(path: str, *, flag: str = "--out") -> str:
   """Creates ``path`` (and parents) and proves it writable, before any work is done.

@@ -51,6 +51,8 @@ def build_parser() -> cli.Parser:
   p.add_argument("--seeds", type=cli.positive_int, default=3, help="independent agents (default 3)")
   p.add_argument("--out", default=None, help="output directory (default runs/<env>-<algo>)")
   p.add_argument("--agent", default=None, help="tabular, mlp or conv (default: by observation)")
+  p.add_argument("--hidden", type=cli.widths, default=None, metavar="W,W,...",
+                 help="MLP agent widths, e.g. 64,64 (default: the rule's, else by observation)")
   p.add_argument("--lr", type=cli.positive_float, default=None,
                  help="override the default learning rate")
   p.add_argument("--num-envs", type=cli.positive_int, default=None,
@@ -81,7 +83,8 @@ def _main(argv) -> int:
   plans = [make_plan(args.env, algo, args.steps, args.seeds,
                      os.path.join(out, algo) if algos else out, rule_path=args.rule,
                      agent=args.agent, num_envs=args.num_envs, rollout_len=args.rollout_len,
-                     learning_rate=args.lr, seed=args.seed) for algo in (algos or [args.algo])]
+                     learning_rate=args.lr, seed=args.seed, hidden=args.hidden)
+           for algo in (algos or [args.algo])]
   if os.path.isdir(out) and not cli.is_empty_dir(out) and not args.overwrite:
     raise cli.UserError(f"--out {out} is not empty; pass --overwrite to replace its results "
                         "or choose another directory")

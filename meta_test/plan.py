@@ -212,15 +212,39 @@ def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
           "sources": {"learning_rate": lr_src, "alpha_y": ay_src}}
 
 
+def agent_widths(loaded_rule, obs_kind: str, hidden: tuple[int, ...] | None
+                 ) -> tuple[tuple[int, ...], str]:
+  """The MLP widths of a run and where they came from (``"flag"``, ``"artifact"``, ``"default"``).
+
+  ``--hidden`` wins.  Else a rule whose artifact records the widths of the agents it was
+  meta-trained (and validated) with (``extras["meta_test"]["network"]["hidden"]``) trains
+  agents of those widths on vector observations, so that ``lpg-apply`` runs what validation
+  measured; image observations (a 10x10xC input) keep their own defaults.  Otherwise the
+  observation kind's default (``DEFAULTS``).
+  """
+  default = DEFAULTS[obs_kind].hidden or DEFAULTS["vector"].hidden
+  if hidden:
+    return tuple(int(h) for h in hidden), "flag"
+  extras = getattr(loaded_rule, "extras", None) or {}
+  stored = (extras.get("meta_test") or {}).get("network")
+  widths = stored.get("hidden") if isinstance(stored, dict) else None
+  if obs_kind == "vector" and isinstance(widths, list) and widths and all(
+      isinstance(w, int) and w > 0 for w in widths):
+    return tuple(widths), "artifact"
+  return default, "default"
+
+
 def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: str | None = None,
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
-              seed: int = 0, overrides: dict | None = None) -> RunPlan:
+              seed: int = 0, overrides: dict | None = None,
+              hidden: tuple[int, ...] | None = None) -> RunPlan:
   """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
   host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here.
 
   ``overrides`` (``lpg-report --tune``): ``lr``, ``num_envs``, ``rollout_len`` or a field
   of the algorithm's settings (e.g. A2C's ``entropy_coef``) -> value; they win over flags.
+  ``hidden`` (``--hidden``): MLP widths; without it see ``agent_widths``.
   """
   overrides = dict(overrides or {})
   learning_rate = overrides.pop("lr", learning_rate)
@@ -247,7 +271,9 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   settings = with_overrides(algo_settings(algo, choice,
                                           "index" if kind == "tabular" else source.obs_spec.kind),
                             overrides, algo)
-  agent_config = AgentConfig(kind=kind, hidden=d.hidden or DEFAULTS["vector"].hidden,
+  widths, widths_src = agent_widths(loaded_rule if ALGOS[algo].needs_rule else None,
+                                    source.obs_spec.kind, hidden)
+  agent_config = AgentConfig(kind=kind, hidden=widths,
                              separate_value=bool(getattr(settings, "separate_value", False)))
   try:     # fails early for e.g. a tabular agent on images
     make_agent_network(agent_config, source.obs_spec, source.num_actions,
@@ -270,7 +296,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                   num_updates=max(1, math.ceil(int(steps) / (b * t))),
                   anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
-                 seed=int(seed), hyper_sources=h["sources"])
+                 seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src})
 
 
 MIN_UPDATES = 500     # [chosen] updates a default run gets at least, budget permitting

@@ -205,6 +205,9 @@ def build_parser() -> cli.Parser:
   p.add_argument("--overwrite", action="store_true",
                  help="remove an earlier report in --out (its runs included) first")
   p.add_argument("--agent", default=None, help="force an agent kind for every env")
+  p.add_argument("--hidden", type=cli.widths, default=None, metavar="W,W,...",
+                 help="MLP agent widths for every run (default: the rule's for lpg on vector "
+                      "observations, else by observation)")
   p.add_argument("--num-envs", type=cli.positive_int, default=None)
   p.add_argument("--rollout-len", type=cli.positive_int, default=None)
   p.add_argument("--tune", action="append", metavar="NAME=V1,V2,...",
@@ -252,7 +255,7 @@ def make_plans(args) -> list[tuple]:
     for algo in algos:
       make = functools.partial(make_plan, env, algo, args.steps, rule_path=args.rule,
                                agent=args.agent, loaded_rule=loaded, num_envs=args.num_envs,
-                               rollout_len=args.rollout_len)
+                               rollout_len=args.rollout_len, hidden=args.hidden)
       plan = make(args.seeds, run_dir(args.out, env, algo))
       tuning = [(c, make(args.tune_seeds, tune_lib.tune_dir(plan.out, c), overrides=c,
                          seed=tune_lib.TUNE_SEED)) for c in tune_lib.grid(tune)] if tune else []

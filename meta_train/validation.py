@@ -82,7 +82,8 @@ def settled(setup, bandit_state) -> dict:
   A bandit with no preference yet (equal probabilities) gives the middle candidates.
 
   The arm probabilities (``bandit.probabilities``) are averaged over the training
-  envs of that kind; ``lifetime_updates`` is the lifetime length trained for.
+  envs of that kind; ``lifetime_updates`` is the lifetime length trained for;
+  ``hidden`` (network kinds) the widths of the MLP agents the rule trained.
   """
   c = setup.config
   probs = np.asarray(bandit.probabilities(bandit_state, c.bandit_temperature, c.bandit_bonus))
@@ -95,6 +96,8 @@ def settled(setup, bandit_state) -> dict:
     lr, ay = setup.arm_table[rows[0], arm]
     out[kind] = {"learning_rate": float(lr), "alpha_y": float(ay),
                  "probability": float(mean[arm]), "lifetime_updates": int(c.lifetime_updates)}
+    if kind != "tabular":
+      out[kind]["hidden"] = [int(h) for h in c.mlp_hidden]
     if c.lifetime_updates_min:
       out[kind]["lifetime_updates_min"] = int(c.lifetime_updates_min)
   return out

@@ -83,6 +83,8 @@ def _expect_one_line_error(capsys, main, prog, argv, needles, files):
 # ----------------------------------------------------------------- lpg-apply
 A2C = ["--algo", "a2c"]
 APPLY_CASES = {
+    "hidden not widths": (["--env", "CartPole", "--algo", "a2c", "--hidden", "64,,64"],
+                          ["--hidden"]),
     "unknown env": (["--env", "chain/shrt"] + A2C, ["unknown environment", "chain/short"]),
     "unknown algo": (["--env", "chain/short", "--algo", "a2cc"], ["--algo", "'a2c'"]),
     "steps 0": (["--env", "chain/short", "--steps", "0"] + A2C, ["--steps"]),
@@ -249,3 +251,18 @@ def test_report_resume_reruns_changed_settings(tmp_path, files, capsys):
   assert "lpg: made with other settings" in err and "a2c: done already, reused" in err
   s = json.load(open(os.path.join(report_lib.run_dir(out, "chain/short", "lpg"), "summary.json")))
   assert os.path.samefile(s["rule"]["path"], other)
+
+
+def test_agent_widths_flag_then_artifact_then_default(tmp_path):
+  """``--hidden`` wins; a rule's recorded widths apply to vector observations only."""
+  import types
+  from meta_test.plan import DEFAULTS, agent_widths, make_plan
+  rule = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": [32]}}})
+  assert agent_widths(rule, "vector", None) == ((32,), "artifact")
+  assert agent_widths(rule, "vector", (8, 8)) == ((8, 8), "flag")
+  assert agent_widths(rule, "image", None) == (DEFAULTS["image"].hidden, "default")
+  assert agent_widths(None, "vector", None) == (DEFAULTS["vector"].hidden, "default")
+  bad = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": ["x"]}}})
+  assert agent_widths(bad, "vector", None)[1] == "default"
+  plan = make_plan("CartPole", "a2c", 1000, 1, str(tmp_path / "a"), hidden=(16, 8))
+  assert plan.run.agent.hidden == (16, 8) and plan.hyper_sources["hidden"] == "flag"
