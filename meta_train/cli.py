@@ -35,9 +35,9 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
          "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
-         "es_sigma", "rule_inputs", "num_inner")
+         "es_sigma", "rule_inputs", "num_inner", "curriculum")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
-            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma")
+            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma", "curriculum")
 
 
 # Counts of validation and lifetime length: (flag, type, help).
@@ -130,6 +130,9 @@ def _add_recipe_flags(p) -> None:
   p.add_argument("--num-inner", type=cli.positive_int, default=None,
                  help="K, inner updates differentiated through per meta-update (K > 5 "
                       "rematerialises them)")
+  p.add_argument("--curriculum", choices=("off", "learnability", "regret"), default=None,
+                 help="how procgen family envs in --envs draw each lifetime's level: level "
+                      "replay by learnability or regret (default: the preset's, off)")
 
 
 def recipe_value(config, flag: str):

@@ -97,6 +97,10 @@ class TrainConfig:
     lifetime of N updates per env and seed (N: ``lifetime_updates``, or drawn
     log-uniformly from ``[lifetime_updates_min, lifetime_updates]`` once per
     generation, shared by all members).
+    curriculum: ``off``, or how the levels of procedurally generated training
+      families (``procgen/tabular|random|chain``) are drawn per lifetime:
+      ``learnability`` or ``regret`` level replay (``meta_train.levels``;
+      GROOVE / PLR) [chosen: off].  Gradient meta-optimiser only.
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -134,6 +138,7 @@ class TrainConfig:
   es_lr: float = 1e-2
   es_window: float = 1.0
   es_seeds: int = 1
+  curriculum: str = "off"
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
@@ -168,6 +173,7 @@ class TrainConfig:
       raise ValueError(f"lifetime-updates-min ({self.lifetime_updates_min}) must lie between K "
                        f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
     self._check_es()
+    self._check_curriculum()
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
@@ -187,6 +193,23 @@ class TrainConfig:
       raise ValueError(f"es-window must lie in (0, 1], got {self.es_window}")
     if int(self.es_seeds) < 1:
       raise ValueError(f"es-seeds must be >= 1, got {self.es_seeds}")
+
+  def _check_curriculum(self):
+    from envs.procgen import TRAIN_NAMES
+    from meta_train.levels import MODES
+    if self.curriculum not in MODES:
+      raise ValueError(f"curriculum must be one of {', '.join(MODES)}, got {self.curriculum!r}")
+    if self.curriculum == "off":
+      return
+    if not set(self.envs) & set(TRAIN_NAMES):
+      raise ValueError(f"--curriculum {self.curriculum} draws levels of procedurally generated "
+                       f"families; add one of {', '.join(TRAIN_NAMES)} to --envs, or drop it")
+    if self.meta_optimizer != "gradient":
+      raise ValueError(f"--curriculum {self.curriculum} needs --meta-optimizer gradient (ES "
+                       "draws its members' levels per generation); drop one of them")
+    if self.curriculum == "learnability" and "procgen/random" in self.envs:
+      raise ValueError("--curriculum learnability needs per-level reference returns, which "
+                       "procgen/random lacks; use --curriculum regret")
 
   @property
   def validating(self) -> bool:
