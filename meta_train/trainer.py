@@ -15,7 +15,8 @@ One meta-update (``meta_step``) is a chain of small pure functions:
    over whole lifetimes, say) can be passed to ``make_meta_train``.
 2. ``apply_meta_update``: clipped Adam on the rule, skipped when non-finite.
 3. ``bookkeep`` per group: return tracking, bandit credit for lifetimes that
-   ended, fresh lifetimes drawn from the bandit (``meta_train.population``).
+   ended, fresh lifetimes drawn from the bandit (``meta_train.population``), on
+   levels drawn by the level curriculum where one is on (``meta_train.levels``).
 
 The population is grouped by training environment (environments differ in
 observation shape, so each group is its own ``vmap``).  Each meta-update draws

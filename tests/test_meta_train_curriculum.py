@@ -22,12 +22,13 @@ from meta_train import bandit, levels, population
 from meta_train.cli import main
 from meta_train.config import PRESETS
 from meta_train.trainer import bookkeep, fresh_lives, make_setup
+from meta_train_helpers import TINY, tiny_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRIVER = os.path.join(ROOT, "tests", "meta_train_kill_driver.py")
-ARGS = ["--preset", "tiny", "--envs", "procgen/chain,chain/short", "--curriculum", "regret",
-        "--agents-per-env", "4", "--lifetime-updates", "4", "--num-updates", "6",
-        "--checkpoint-every", "2", "--no-progress"]
+CURRICULUM = ["--envs", "procgen/chain,chain/short", "--curriculum", "regret",
+              "--agents-per-env", "4", "--lifetime-updates", "4"]
+ARGS = TINY + ["--num-updates", "6", "--checkpoint-every", "2"] + CURRICULUM
 
 
 def _metrics(pvl, episodes=1.0):
@@ -109,9 +110,7 @@ def _final(out):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("straight") / "run")
-  assert main(ARGS + ["--out", out]) == 0
-  return out
+  return tiny_run(tmp_path_factory, 6, 2, *CURRICULUM)
 
 
 def test_metrics_log_the_level_statistics(uninterrupted):
