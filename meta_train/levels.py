@@ -55,19 +55,27 @@ def init_states(curricula) -> tuple[CurriculumState | None, ...]:
   return tuple(None if c is None else c.init() for c in curricula)
 
 
-def lifetime_scores(mode: str, env, lives, ret_ema: jax.Array,
-                    metrics: MetaMetrics) -> jax.Array:
-  """``[P]`` curriculum score of each lifetime (higher: replay its level more).
+def lifetime_scores(mode: str, env, lives, ret_ema: jax.Array, metrics: MetaMetrics,
+                    done: jax.Array) -> jax.Array:
+  """``[P]`` curriculum score of each lifetime (higher: replay its level more); NaN where
+  not ``done``.
 
   Args:
     lives: ``[P]`` lifetimes (their ``env_params`` are the levels).
     ret_ema: ``[P]`` final-return averages (``population.track_returns``).
     metrics: ``[P]`` ``MetaMetrics`` of this meta-update.
+    done: ``[P]`` bool, the lifetimes to score.  A tabular level's reference returns
+      are a dynamic programme, so learnability computes them one lifetime at a time
+      (``lax.map``) and only where ``done``: a few per meta-update, not ``P``.
   """
   if mode == "regret":
-    return metrics.positive_value_loss
-  ref = jax.vmap(lambda level: level_reference(env, level))(lives.env_params)
-  return learnability(returns_lib.normalise(ret_ema, ref))
+    return jnp.where(done, metrics.positive_value_loss, jnp.nan)
+
+  def one(xs):
+    level, ret, d = xs
+    score = lambda: learnability(returns_lib.normalise(ret, level_reference(env, level)))
+    return jax.lax.cond(d, score, lambda: jnp.asarray(jnp.nan, jnp.float32))
+  return jax.lax.map(one, (lives.env_params, jnp.asarray(ret_ema, jnp.float32), done))
 
 
 def turnover_levels(curriculum: Curriculum, mode: str, env, state: CurriculumState, lives,
@@ -85,8 +93,7 @@ def turnover_levels(curriculum: Curriculum, mode: str, env, state: CurriculumSta
     ``(state, level_seeds [P] int32, stats [len(STATS)] float32)``; ``level_seeds``
     are candidates for all ``P`` (used where a lifetime ended).
   """
-  scores = lifetime_scores(mode, env, lives, ret_ema, metrics)
-  scores = jnp.where(done, scores, jnp.nan)
+  scores = lifetime_scores(mode, env, lives, ret_ema, metrics, done)
   state = curriculum.update(state, lives.env_params.level_seed, scores)
   seeds, from_replay = curriculum.sample(state, key, ended.shape[0])
   s = table_stats(state)

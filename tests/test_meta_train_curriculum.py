@@ -82,8 +82,13 @@ def test_learnability_score_by_hand():
   lives = fresh_lives(setup, 0, jax.random.PRNGKey(3), jnp.zeros((3,), jnp.int32))
   opt, rnd = jax.vmap(lambda lv: level_reference(env, lv))(lives.env_params)
   ret = jnp.stack([rnd[0], (opt[1] + rnd[1]) / 2, opt[2]])
-  got = levels.lifetime_scores("learnability", env, lives, ret, _metrics(jnp.zeros(3)))
+  done = jnp.array([True, True, True])
+  got = levels.lifetime_scores("learnability", env, lives, ret, _metrics(jnp.zeros(3)), done)
   np.testing.assert_allclose(got, [0.0, 0.25, 0.0], atol=1e-6)
+  got = levels.lifetime_scores("learnability", env, lives, ret, _metrics(jnp.zeros(3)),
+                               done.at[1].set(False))
+  got = np.asarray(got)
+  assert np.isnan(got[1]) and np.isfinite(got[[0, 2]]).all()
 
 
 @pytest.mark.parametrize("argv,needle", [
