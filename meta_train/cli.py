@@ -138,7 +138,7 @@ def _add_recipe_flags(p) -> None:
 def recipe_value(config, flag: str):
   """The run's value of a flag that sets a nested config field (None: not such a flag)."""
   if flag == "rule_inputs":
-    return tuple(n for n, f in RULE_INPUTS.items() if getattr(config.rule, f))
+    return tuple(n for n, f in RULE_INPUTS.items() if getattr(config.rule, f, False))
   if flag == "num_inner":
     return config.meta.num_inner
   return None
@@ -148,6 +148,9 @@ def recipe_overrides(args, config) -> dict:
   """``TrainConfig`` overrides of ``--rule-inputs`` and ``--num-inner``."""
   out = {}
   if args.rule_inputs is not None:
+    if not all(hasattr(config.rule, f) for f in RULE_INPUTS.values()):
+      raise UserError("--rule-inputs sets the inputs of an LPG rule; this preset's rule has none "
+                      "(use an LPG preset, or drop --rule-inputs)")
     out["rule"] = dataclasses.replace(
         config.rule, **{f: n in args.rule_inputs for n, f in RULE_INPUTS.items()})
   if args.num_inner is not None:

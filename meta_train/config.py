@@ -204,6 +204,9 @@ class TrainConfig:
     if not set(self.envs) & set(TRAIN_NAMES):
       raise ValueError(f"--curriculum {self.curriculum} draws levels of procedurally generated "
                        f"families; add one of {', '.join(TRAIN_NAMES)} to --envs, or drop it")
+    if not isinstance(self.rule, LPGConfig):
+      raise ValueError(f"--curriculum {self.curriculum} works with LPG rules (the gradient "
+                       "trainer's lifetime turnover); drop it")
     if self.meta_optimizer != "gradient":
       raise ValueError(f"--curriculum {self.curriculum} needs --meta-optimizer gradient (ES "
                        "draws its members' levels per generation); drop one of them")
