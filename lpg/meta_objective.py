@@ -116,6 +116,7 @@ class MetaMetrics(NamedTuple):
   return_sum: jax.Array
   episodes: jax.Array
   critic_loss: jax.Array
+  positive_value_loss: jax.Array  # mean(max(A, 0)) of the last rollout's GAE (a level's regret).
 
 
 class MetaProblem:
@@ -134,10 +135,13 @@ class MetaProblem:
     self.critic_optimizer = optax.adam(meta.critic_lr_for(agent.kind))
 
   # ------------------------------------------------------------------ lifetimes
-  def init_lifetime(self, key: jax.Array, hypers: InnerHypers, horizon=0) -> Lifetime:
-    """A fresh agent on a freshly drawn task (env params), planned to last ``horizon`` updates."""
+  def init_lifetime(self, key: jax.Array, hypers: InnerHypers, horizon=0,
+                    env_params: PyTree | None = None) -> Lifetime:
+    """A fresh agent on a freshly drawn task (or on ``env_params``, a given level), planned
+    to last ``horizon`` updates."""
     k_env, k_reset, k_agent, k_critic = jax.random.split(key, 4)
-    env_params = self.env.sample_params(k_env)
+    if env_params is None:
+      env_params = self.env.sample_params(k_env)
     params = self.net.init(k_agent)
     critic = self.critic.init(k_critic)
     return Lifetime(agent_params=params, opt_state=self.optimizer.init(params),
@@ -199,6 +203,7 @@ class MetaProblem:
     out = self.net.apply(params, rollout.obs)
     v = self.critic.apply(sg(critic), rollout.obs).heads["v"]
     adv = batched_gae(rollout.rewards, meta.gamma * rollout.bootstrap_mask, v, meta.gae_lambda)
+    positive_value_loss = jnp.mean(jnp.maximum(adv, 0.0))
     adv = sg((adv - adv.mean()) / (adv.std() + 1e-8))
     pg = jnp.mean(adv * log_prob(out.logits[:-1], rollout.actions))
     ent = jnp.mean(entropy_from_logits(out.logits[:-1]))
@@ -216,7 +221,8 @@ class MetaProblem:
         y_hat_sq=jnp.mean(y_sq),
         return_sum=stats.return_sum.sum() + last_stats.return_sum,
         episodes=stats.count.sum() + last_stats.count,
-        critic_loss=jnp.mean(jnp.append(closs, last_closs)))
+        critic_loss=jnp.mean(jnp.append(closs, last_closs)),
+        positive_value_loss=positive_value_loss)
     return loss, (new_life, sg(metrics))
 
 

@@ -35,9 +35,9 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
          "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
-         "es_sigma", "family")
+         "es_sigma", "family", "rule_inputs", "num_inner", "curriculum")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
-            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma")
+            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma", "curriculum")
 
 
 # Counts of validation and lifetime length: (flag, type, help).
@@ -104,7 +104,63 @@ def build_parser() -> argparse.ArgumentParser:
                  help="this process's index (0 writes)")
   p.add_argument("--max-consecutive-skips", type=cli.positive_int, default=None,
                  help="stop after this many non-finite meta-updates in a row (default 10)")
+  _add_recipe_flags(p)
   return p
+
+
+# --rule-inputs names -> LPGConfig fields (FLAGS.md).
+RULE_INPUTS = {"lifetime": "lifetime_inputs", "signlog": "signlog_reward",
+               "normalise": "normalise_reward", "value": "value_inputs"}
+
+
+def rule_inputs(text: str) -> tuple[str, ...]:
+  """``--rule-inputs``: a comma list of ``RULE_INPUTS`` names or ``none`` -> names in
+  ``RULE_INPUTS`` order (``()`` for none)."""
+  parts = [s.strip() for s in text.split(",") if s.strip()]
+  if parts == ["none"]:
+    return ()
+  bad = [s for s in parts if s not in RULE_INPUTS]
+  if bad or not parts:
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give a comma list of {', '.join(RULE_INPUTS)}, or none")
+  return tuple(n for n in RULE_INPUTS if n in parts)
+
+
+def _add_recipe_flags(p) -> None:
+  p.add_argument("--rule-inputs", type=rule_inputs, default=None,
+                 help=f"the rule's optional inputs: a comma list of {', '.join(RULE_INPUTS)}, "
+                      "or none (default: the preset's)")
+  p.add_argument("--num-inner", type=cli.positive_int, default=None,
+                 help="K, inner updates differentiated through per meta-update (K > 5 "
+                      "rematerialises them)")
+  p.add_argument("--curriculum", choices=("off", "learnability", "regret"), default=None,
+                 help="how procgen family envs in --envs draw each lifetime's level: level "
+                      "replay by learnability or regret (default: the preset's, off)")
+
+
+def recipe_value(config, flag: str):
+  """The run's value of a flag that sets a nested config field (None: not such a flag)."""
+  if flag == "rule_inputs":
+    return tuple(n for n, f in RULE_INPUTS.items() if getattr(config.rule, f, False))
+  if flag == "num_inner":
+    return config.meta.num_inner
+  return None
+
+
+def recipe_overrides(args, config) -> dict:
+  """``TrainConfig`` overrides of ``--rule-inputs`` and ``--num-inner``."""
+  out = {}
+  if args.rule_inputs is not None:
+    if not all(hasattr(config.rule, f) for f in RULE_INPUTS.values()):
+      raise UserError("--rule-inputs sets the inputs of an LPG rule; this preset's rule has none "
+                      "(use an LPG preset, or drop --rule-inputs)")
+    out["rule"] = dataclasses.replace(
+        config.rule, **{f: n in args.rule_inputs for n, f in RULE_INPUTS.items()})
+  if args.num_inner is not None:
+    out["meta"] = dataclasses.replace(
+        config.meta, num_inner=args.num_inner,
+        remat_inner=config.meta.remat_inner or args.num_inner > 5)
+  return out
 
 
 def expand_envs(spec: str, flag: str = "--envs") -> tuple[str, ...]:
@@ -161,7 +217,7 @@ def make_config(args):
   for field in CHANGEABLE + NEW_RUN_ONLY + ("seed", "meta_lr", "agents_per_env", "agent_chunk"):
     if getattr(args, field) is not None:
       overrides[field] = getattr(args, field)
-  return dataclasses.replace(config, **overrides)
+  return dataclasses.replace(config, **overrides, **recipe_overrides(args, config))
 
 
 def resume_config(args, record: dict, out: str):
@@ -177,7 +233,8 @@ def resume_config(args, record: dict, out: str):
                     f"({cli.one_line(e)}); restore it from a backup, or start a new run in a new "
                     "--out") from None
   ran = {"preset": record.get("preset"), "init_rule": record.get("init_rule"),
-         **{f: getattr(config, f) for f in FIXED if f not in ("preset", "init_rule")}}
+         **{f: recipe_value(config, f) if recipe_value(config, f) is not None
+            else getattr(config, f) for f in FIXED if f not in ("preset", "init_rule")}}
   conflicts = []
   for flag in FIXED:
     value = getattr(args, flag)
@@ -186,8 +243,9 @@ def resume_config(args, record: dict, out: str):
     if flag in ("envs", "validate_envs"):
       value = expand_envs(value)
     if value != ran[flag]:
-      shown = ",".join(ran[flag]) if flag in ("envs", "validate_envs") else ran[flag]
-      conflicts.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} (the run has {shown})")
+      given, shown = ((",".join(x) or "none") if isinstance(x, tuple) else x
+                      for x in (getattr(args, flag), ran[flag]))
+      conflicts.append(f"--{flag.replace('_', '-')} {given} (the run has {shown})")
   if conflicts:
     raise UserError(f"--resume continues the run in {out} as it was configured: "
                     f"{'; '.join(conflicts)}; drop these flags, or choose a new --out")

@@ -108,6 +108,10 @@ class TrainConfig:
       clip and lifetime fields are taken from this config's ``agents_per_env``,
       ``meta``, ``rule_gamma``, ``meta_lr``, ``meta_max_grad_norm`` and
       ``lifetime_updates`` (``metagenrl_job.mgenrl_config``).
+    curriculum: ``off``, or how the levels of procedurally generated training
+      families (``procgen/tabular|random|chain``) are drawn per lifetime:
+      ``learnability`` or ``regret`` level replay (``meta_train.levels``;
+      GROOVE / PLR) [chosen: off].  Gradient meta-optimiser only.
   """
   envs: tuple[str, ...] = ("tabular/dense", "chain/short")
   agents_per_env: int = 4
@@ -147,6 +151,7 @@ class TrainConfig:
   es_seeds: int = 1
   family: str = "lpg"
   mgenrl: MetaGenRLTrainConfig | None = None
+  curriculum: str = "off"
 
   def __post_init__(self):
     for f in ("agents_per_env", "lifetime_updates", "updates_per_call", "log_every",
@@ -182,6 +187,7 @@ class TrainConfig:
                        f"({self.meta.num_inner}) and lifetime-updates ({self.lifetime_updates})")
     self._check_es()
     self._check_family()
+    self._check_curriculum()
     if self.lifetime_updates < self.meta.num_inner:
       raise ValueError(f"lifetime-updates ({self.lifetime_updates}) must be >= K "
                        f"({self.meta.num_inner})")
@@ -212,6 +218,25 @@ class TrainConfig:
                                        or self.lifetime_updates_min):
       raise ValueError("--family metagenrl is meta-trained through its critic: it takes neither "
                        "--meta-optimizer es nor --lifetime-updates-min")
+  def _check_curriculum(self):
+    from envs.procgen import TRAIN_NAMES
+    from meta_train.levels import MODES
+    if self.curriculum not in MODES:
+      raise ValueError(f"curriculum must be one of {', '.join(MODES)}, got {self.curriculum!r}")
+    if self.curriculum == "off":
+      return
+    if not set(self.envs) & set(TRAIN_NAMES):
+      raise ValueError(f"--curriculum {self.curriculum} draws levels of procedurally generated "
+                       f"families; add one of {', '.join(TRAIN_NAMES)} to --envs, or drop it")
+    if not isinstance(self.rule, LPGConfig):
+      raise ValueError(f"--curriculum {self.curriculum} works with LPG rules (the gradient "
+                       "trainer's lifetime turnover); drop it")
+    if self.meta_optimizer != "gradient":
+      raise ValueError(f"--curriculum {self.curriculum} needs --meta-optimizer gradient (ES "
+                       "draws its members' levels per generation); drop one of them")
+    if self.curriculum == "learnability" and "procgen/random" in self.envs:
+      raise ValueError("--curriculum learnability needs per-level reference returns, which "
+                       "procgen/random lacks; use --curriculum regret")
 
   @property
   def validating(self) -> bool:

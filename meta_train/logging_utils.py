@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from envs import returns
+from meta_train import levels
 
 
 class MetricsLogger:
@@ -19,7 +20,8 @@ class MetricsLogger:
   episodes), and per env: ``episode_return`` (episodes that ended in the
   interval), ``normalised_return``, ``finished_lifetimes`` with their mean
   ``lifetime_return`` / ``lifetime_normalised_return``, and the bandit's
-  current ``bandit_best`` arm (lr, alpha_y) with its probability.
+  current ``bandit_best`` arm (lr, alpha_y) with its probability; with a level
+  curriculum, its ``curriculum`` statistics (``meta_train.levels.summarise``).
   """
 
   def __init__(self, path: str, config, meta_train, resume: bool, start_step: int,
@@ -99,6 +101,8 @@ class MetricsLogger:
           "policy_entropy": float(m.entropy[:, e].mean()),
           "pi_hat_sq": float(m.pi_hat_sq[:, e].mean()),
       }
+      if getattr(self.mt.setup, "curricula", None) and self.mt.setup.curricula[e] is not None:
+        per_env[name]["curriculum"] = levels.summarise(m.curriculum[:, e])
       if ret is not None:
         rets.append(ret)
       if norm is not None:

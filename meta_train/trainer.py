@@ -15,7 +15,8 @@ One meta-update (``meta_step``) is a chain of small pure functions:
    over whole lifetimes, say) can be passed to ``make_meta_train``.
 2. ``apply_meta_update``: clipped Adam on the rule, skipped when non-finite.
 3. ``bookkeep`` per group: return tracking, bandit credit for lifetimes that
-   ended, fresh lifetimes drawn from the bandit (``meta_train.population``).
+   ended, fresh lifetimes drawn from the bandit (``meta_train.population``), on
+   levels drawn by the level curriculum where one is on (``meta_train.levels``).
 
 The population is grouped by training environment (environments differ in
 observation shape, so each group is its own ``vmap``).  Each meta-update draws
@@ -40,7 +41,7 @@ from lpg.networks import AgentConfig
 from lpg.rule import LPGRule, make_hypers
 from lpg.types import PyTree
 from lpg.update import OptimizerConfig
-from meta_train import bandit, population
+from meta_train import bandit, levels, population
 from meta_train.config import TrainConfig
 from meta_train.population import EnvGroup
 
@@ -54,6 +55,7 @@ class TrainState(NamedTuple):
   bandit: bandit.BanditState  # [E, A] arm statistics.
   key: jax.Array              # [2] uint32 base key of the run.
   skipped: jax.Array          # [] int32 non-finite meta-updates skipped.
+  curricula: tuple = ()       # per env its CurriculumState, or None (meta_train.levels).
 
 
 class GroupStats(NamedTuple):
@@ -65,6 +67,7 @@ class GroupStats(NamedTuple):
   finished: jax.Array            # lifetimes credited to the bandit.
   entropy: jax.Array             # mean policy entropy.
   pi_hat_sq: jax.Array           # mean squared pi_hat.
+  curriculum: jax.Array          # [len(levels.STATS)] level statistics (NaN: no curriculum).
 
 
 class StepMetrics(NamedTuple):
@@ -79,6 +82,7 @@ class StepMetrics(NamedTuple):
   finished: jax.Array
   entropy: jax.Array
   pi_hat_sq: jax.Array
+  curriculum: jax.Array
   arm_probs: jax.Array
 
 
@@ -90,6 +94,7 @@ class MetaSetup:
   problems: tuple[MetaProblem, ...]
   arm_table: np.ndarray       # [E, A, 2] (learning rate, alpha_y) of each arm.
   references: tuple           # per env (optimal, random) returns or None.
+  curricula: tuple = ()       # per env its Curriculum, or None (meta_train.levels).
 
   @property
   def num_envs(self) -> int:
@@ -129,7 +134,8 @@ def make_setup(config: TrainConfig) -> MetaSetup:
   arm_table = np.array([[(lr, ay) for lr, ay in itertools.product(lrs, config.alpha_ys)]
                         for _, _, _, lrs in setups], np.float32)
   return MetaSetup(config, rule, problems, arm_table,
-                   tuple(reference(name) for name in config.envs))
+                   tuple(reference(name) for name in config.envs),
+                   levels.make_curricula(config.curriculum, [p.env for p in problems]))
 
 
 def make_meta_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -148,15 +154,18 @@ def lifetime_lengths(config: TrainConfig, key: jax.Array, num: int):
                                            config.lifetime_updates))(jax.random.split(key, num))
 
 
-def fresh_lives(setup: MetaSetup, e: int, key: jax.Array, arms: jax.Array):
-  """``[P_e]`` new lifetimes on env ``e`` with the arms' hyperparameters (``arms`` ``[P_e]``)."""
+def fresh_lives(setup: MetaSetup, e: int, key: jax.Array, arms: jax.Array, level_seeds=None):
+  """``[P_e]`` new lifetimes on env ``e`` with the arms' hyperparameters (``arms`` ``[P_e]``),
+  on freshly drawn tasks or on the levels of ``level_seeds`` ``[P_e]`` (a procgen family's)."""
   c = setup.config
   lr = jnp.asarray(setup.arm_table[e, :, 0])[arms]
   ay = jnp.asarray(setup.arm_table[e, :, 1])[arms]
   hypers = make_hypers(lr, ay, jnp.full(arms.shape, c.rule_gamma, jnp.float32))
   horizons = lifetime_lengths(c, jax.random.fold_in(key, 7), c.agents_per_env)
-  return jax.vmap(setup.problems[e].init_lifetime, in_axes=(0, 0, 0))(
-      jax.random.split(key, c.agents_per_env), hypers, horizons)
+  level_params = None if level_seeds is None else jax.vmap(setup.problems[e].env.level)(
+      level_seeds)
+  return jax.vmap(setup.problems[e].init_lifetime)(
+      jax.random.split(key, c.agents_per_env), hypers, horizons, level_params)
 
 
 def init_state(setup: MetaSetup, meta_opt: optax.GradientTransformation, seed: int) -> TrainState:
@@ -174,7 +183,8 @@ def init_state(setup: MetaSetup, meta_opt: optax.GradientTransformation, seed: i
     groups.append(population.first_generation(fresh_lives(setup, e, k_life, arms), arms, ages))
   return TrainState(step=jnp.zeros((), jnp.int32), rule_params=rule_params,
                     meta_opt_state=meta_opt.init(rule_params), groups=tuple(groups), bandit=b,
-                    key=key, skipped=jnp.zeros((), jnp.int32))
+                    key=key, skipped=jnp.zeros((), jnp.int32),
+                    curricula=levels.init_states(setup.curricula))
 
 
 # ---------------------------------------------------------------- one meta-update
@@ -223,14 +233,15 @@ def apply_meta_update(meta_opt: optax.GradientTransformation, rule_params: PyTre
 
 
 def bookkeep(setup: MetaSetup, e: int, group: EnvGroup, lives, metrics: MetaMetrics,
-             b: bandit.BanditState, key: jax.Array):
+             b: bandit.BanditState, key: jax.Array, table=None):
   """Return tracking, bandit credit and lifetime turnover of env ``e`` after one meta-update.
 
   Args:
     group: env ``e``'s group before the meta-update; ``lives``, ``metrics``: ``[P_e]``
-      from ``estimate``; ``b``: the bandit; ``key``: for new arms and lifetimes.
+      from ``estimate``; ``b``: the bandit; ``key``: for new arms and lifetimes;
+      ``table``: env ``e``'s ``CurriculumState`` (None: no curriculum).
   Returns:
-    ``(group, bandit, GroupStats)`` after the update.
+    ``(group, bandit, GroupStats, table)`` after the update.
   """
   c = setup.config
   ema, seen = population.track_returns(group.ret_ema, group.ret_seen, metrics, c.return_ema_decay)
@@ -240,15 +251,20 @@ def bookkeep(setup: MetaSetup, e: int, group: EnvGroup, lives, metrics: MetaMetr
   b = bandit.update(b, e, group.arms, final_norm, credit, c.bandit_window)
   k_arm, k_new = jax.random.split(key)
   arms = bandit.sample(k_arm, b, e, c.agents_per_env, c.bandit_temperature, c.bandit_bonus)
+  seeds, level_stats = None, levels.no_stats()
+  if table is not None:
+    table, seeds, level_stats = levels.turnover_levels(
+        setup.curricula[e], c.curriculum, setup.problems[e].env, table, lives, ema,
+        credit, ended, metrics, jax.random.fold_in(key, 11))
   new_group = population.turnover(group, lives, ema, seen, ended,
-                                  fresh_lives(setup, e, k_new, arms), arms)
+                                  fresh_lives(setup, e, k_new, arms, seeds), arms)
   stats = GroupStats(
       episode_return_sum=metrics.return_sum.sum(), episodes=metrics.episodes.sum(),
       finished_return_sum=jnp.sum(jnp.where(credit, ema, 0.0)),
       finished_norm_sum=jnp.sum(jnp.where(credit, final_norm, 0.0)),
       finished=credit.sum().astype(jnp.float32), entropy=metrics.entropy.mean(),
-      pi_hat_sq=metrics.pi_hat_sq.mean())
-  return new_group, b, stats
+      pi_hat_sq=metrics.pi_hat_sq.mean(), curriculum=level_stats)
+  return new_group, b, stats, table
 
 
 def meta_step(setup: MetaSetup, meta_opt: optax.GradientTransformation, estimator: Callable,
@@ -259,17 +275,19 @@ def meta_step(setup: MetaSetup, meta_opt: optax.GradientTransformation, estimato
   loss, grads, lives, metrics = estimator(setup, state.rule_params, state.groups, k_loss)
   rule_params, opt_state, ok, grad_norm = apply_meta_update(
       meta_opt, state.rule_params, state.meta_opt_state, grads, loss)
-  b, groups, stats = state.bandit, [], []
+  b, groups, stats, tables = state.bandit, [], [], []
   for e in range(setup.num_envs):
-    group, b, s = bookkeep(setup, e, state.groups[e], lives[e], metrics[e], b,
-                           jax.random.fold_in(k_life, e))
+    group, b, s, table = bookkeep(setup, e, state.groups[e], lives[e], metrics[e], b,
+                                  jax.random.fold_in(k_life, e), state.curricula[e])
     groups.append(group)
     stats.append(s)
+    tables.append(table)
   stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *stats)
   c = setup.config
   new_state = TrainState(step=state.step + 1, rule_params=rule_params, meta_opt_state=opt_state,
                          groups=tuple(groups), bandit=b, key=state.key,
-                         skipped=state.skipped + (~ok).astype(jnp.int32))
+                         skipped=state.skipped + (~ok).astype(jnp.int32),
+                         curricula=tuple(tables))
   return new_state, StepMetrics(
       meta_loss=loss, grad_norm=grad_norm, skipped=~ok, **stacked._asdict(),
       arm_probs=bandit.probabilities(b, c.bandit_temperature, c.bandit_bonus))
