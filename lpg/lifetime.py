@@ -2,9 +2,11 @@
 
 ``make_lifetime(...)`` returns ``lifetime(rule_params, hypers, key, planned)``:
 draw a task (``env.sample_params``), initialise an agent, then ``lax.scan``
-over ``num_updates`` agent updates, each one ``lpg.rollout.unroll``
-(``T`` steps x ``B`` envs) followed by ``lpg.update.inner_update`` with the
-agent's ``LifetimeProgress`` (n updates done of the ``planned`` N).  Nothing
+over ``num_updates`` agent updates, each one ``make_agent_step``'s step:
+``lpg.rollout.unroll`` (``T`` steps x ``B`` envs) followed by
+``lpg.update.inner_update`` with the agent's ``LifetimeProgress`` (n updates
+done of the ``planned`` N).  That step is the agent's update everywhere a
+rule trains agents forward (``meta_test.train.make_train`` scans it too).  Nothing
 is differentiated, so a lifetime keeps no activations: memory does not grow
 with its length, and ``jax.vmap`` over rule parameters (evolution strategies'
 members) and keys (seeds, tasks) is cheap.
@@ -21,17 +23,19 @@ return of the episodes that ended in the last ``window`` of the lifetime
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from envs.base import Environment
-from lpg.networks import AgentConfig, make_agent_network
-from lpg.rollout import reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, make_progress
-from lpg.types import PyTree
-from lpg.update import OptimizerConfig, inner_update, make_optimizer
+from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
+from lpg.rollout import EnvCarry, reset_envs, unroll
+from lpg.rule import (InnerHypers, LifetimeProgress, UpdateRule, entropy_from_logits,
+                      make_progress)
+from lpg.types import EpisodeStats, PyTree, Rollout
+from lpg.update import OptimizerConfig, UpdateResult, inner_update, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +109,61 @@ def fitness(trace: LifetimeTrace, window: float = 1.0,
   return (ret - random) / (optimal - random)
 
 
+class AgentStep(NamedTuple):
+  """One agent update (``make_agent_step``): the agent after it and what it learned from.
+
+  Attributes:
+    params: the agent's parameters after the update.
+    opt_state: its optimiser state after the update.
+    envs: the environments' ``EnvCarry`` after the rollout (``[B]``).
+    rollout: the rollout the update learned from (``[T(+1), B, ...]``).
+    stats: ``EpisodeStats`` of the episodes that ended in the rollout.
+    result: ``inner_update``'s ``UpdateResult`` (the rule's targets, loss metrics).
+    entropy: mean policy entropy over the rollout (0 without diagnostics).
+  """
+  params: PyTree
+  opt_state: PyTree
+  envs: EnvCarry
+  rollout: Rollout
+  stats: EpisodeStats
+  result: UpdateResult
+  entropy: jax.Array
+
+
+def make_agent_step(env: Environment, rule: UpdateRule, optimizer: optax.GradientTransformation,
+                    rollout_len: int, diagnostics: bool = True) -> Callable:
+  """Builds ``step(net, env_params, params, opt_state, envs, key, rule_params, hypers,
+  progress, meta_step=None) -> (AgentStep, meta_out)``: one agent update.
+
+  The step acts ``rollout_len`` (T) steps in the ``B`` environments of ``envs``
+  with ``net``'s policy (``lpg.rollout.unroll``), then updates the agent on
+  that rollout under ``rule`` (``lpg.update.inner_update`` with ``hypers`` and
+  ``progress``, n/N for lifetime-aware rules).  ``diagnostics`` adds the mean
+  policy entropy over the rollout (one more forward pass).
+
+  ``meta_step(rollout) -> (rule_params, net, meta_out)``, when given, runs
+  between the rollout and the update and chooses the update's rule parameters
+  and network (meta-gradient RL); ``meta_out`` is handed back (``None``
+  without one).  Pure: scan it over updates and vmap it over agents.
+  """
+  def step(net: AgentNetwork, env_params: PyTree, params: PyTree, opt_state: PyTree,
+           envs: EnvCarry, key: jax.Array, rule_params: PyTree, hypers: InnerHypers,
+           progress: LifetimeProgress, meta_step: Callable | None = None
+           ) -> tuple[AgentStep, Any]:
+    rollout, envs, stats = unroll(env, env_params, lambda o: net.apply(params, o).logits,
+                                  envs, key, rollout_len)
+    update_net, meta_out = net, None
+    if meta_step is not None:
+      rule_params, update_net, meta_out = meta_step(rollout)
+    res = inner_update(rule, rule_params, update_net, optimizer, params, opt_state, rollout,
+                       hypers, progress=progress)
+    ent = (jnp.mean(entropy_from_logits(net.apply(params, rollout.obs[:-1]).logits))
+           if diagnostics else jnp.zeros(()))
+    return AgentStep(res.params, res.opt_state, envs, rollout, stats, res, ent), meta_out
+
+  return step
+
+
 def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
                   optimizer_config: OptimizerConfig, config: LifetimeConfig,
                   diagnostics: bool = True) -> Callable:
@@ -124,7 +183,8 @@ def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
   """
   net = make_agent_network(agent_config, env.obs_spec, env.num_actions, rule.head_sizes())
   optimizer = make_optimizer(optimizer_config)
-  U, T, B = config.num_updates, config.rollout_len, config.num_envs
+  U, B = config.num_updates, config.num_envs
+  agent_step = make_agent_step(env, rule, optimizer, config.rollout_len, diagnostics)
 
   def lifetime(rule_params: PyTree, hypers: InnerHypers, key: jax.Array,
                planned=None) -> LifetimeTrace:
@@ -137,17 +197,13 @@ def make_lifetime(env: Environment, rule: UpdateRule, agent_config: AgentConfig,
 
     def update(carry, n, k):
       params, opt_state, envs = carry
-      rollout, envs, stats = unroll(env, env_params, lambda o: net.apply(params, o).logits,
-                                    envs, k, T)
       progress = make_progress(n, planned)
-      res = inner_update(rule, rule_params, net, optimizer, params, opt_state, rollout, hypers,
-                         progress=progress)
-      ent = (jnp.mean(entropy_from_logits(net.apply(params, rollout.obs[:-1]).logits))
-             if diagnostics else jnp.zeros(()))
-      pi_rms = jnp.sqrt(jnp.mean(jnp.square(res.targets.pi_hat)))
-      row = LifetimeTrace(stats.return_sum, stats.count, progress.done / progress.planned,
-                          jnp.ones(()), ent, pi_rms)
-      return (res.params, res.opt_state, envs), row
+      out, _ = agent_step(net, env_params, params, opt_state, envs, k, rule_params, hypers,
+                          progress)
+      pi_rms = jnp.sqrt(jnp.mean(jnp.square(out.result.targets.pi_hat)))
+      row = LifetimeTrace(out.stats.return_sum, out.stats.count, progress.done / progress.planned,
+                          jnp.ones(()), out.entropy, pi_rms)
+      return (out.params, out.opt_state, out.envs), row
 
     def skip(carry, n, k):
       del k

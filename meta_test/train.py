@@ -3,8 +3,9 @@
 ``make_train(env, config, rule, rule_params)`` returns ``TrainFns``: ``init(key) ->
 RunState``, ``run_chunk(state, offset) -> (state, UpdateMetrics [chunk])`` and
 ``train(key) -> (RunState, UpdateMetrics [U])``, the whole run (agent init, then a
-``lax.scan`` over ``U`` updates, each one ``unroll`` of ``T`` steps x ``B`` envs followed by
-``lpg.update.inner_update``).  Seeds are a ``jax.vmap``: ``jax.jit(jax.vmap(fns.train))(keys)``.
+``lax.scan`` over ``U`` updates, each one ``lpg.lifetime.make_agent_step``'s step: ``unroll``
+of ``T`` steps x ``B`` envs followed by ``lpg.update.inner_update``, as in a lifetime).
+Seeds are a ``jax.vmap``: ``jax.jit(jax.vmap(fns.train))(keys)``.
 
 An optional ``MetaHook`` adds a meta-step to every update (meta-gradient RL,
 ``meta_test.mgrl``): it runs after the rollout is collected and before the agent's update
@@ -29,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs.base import Environment
+from lpg.lifetime import make_agent_step
 from lpg.networks import AgentConfig, AgentNetwork, make_agent_network
-from lpg.rollout import EnvCarry, reset_envs, unroll
-from lpg.rule import InnerHypers, UpdateRule, entropy_from_logits, make_hypers, make_progress
-from lpg.update import OptimizerConfig, inner_update, make_optimizer
+from lpg.rollout import EnvCarry, reset_envs
+from lpg.rule import InnerHypers, UpdateRule, make_hypers, make_progress
+from lpg.update import OptimizerConfig, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +195,7 @@ def make_train(env: Environment, config: RunConfig, rule: UpdateRule, rule_param
   t, b, u, chunk = (config.rollout_len, config.num_envs, int(config.num_updates),
                     config.chunk_size)
   optimizer = make_optimizer(config.optimizer)
+  agent_step = make_agent_step(env, rule, optimizer, t)
   hook = meta_hook or _plain_hook(
       make_agent_network(config.agent, env.obs_spec, env.num_actions, rule.head_sizes()),
       rule_params)
@@ -208,20 +211,19 @@ def make_train(env: Environment, config: RunConfig, rule: UpdateRule, rule_param
 
   def update(state: RunState, i: jax.Array) -> tuple[RunState, UpdateMetrics]:
     key, k_roll = jax.random.split(state.key)
-    params = state.agent_params
-    net_old = hook.net_at(state.meta)
-    rollout, carry, stats = unroll(env, state.env_params, lambda o: net_old.apply(params, o).logits,
-                                   state.env, k_roll, t)
-    meta, out = hook.step(state.meta, i, params, state.opt_state, rollout)
-    res = inner_update(rule, out.rule_params, hook.net_at(meta), optimizer, params,
-                       state.opt_state, rollout, config.hypers_at(i),
-                       progress=make_progress(i, u))    # n/N for lifetime-aware rules
-    ent = jnp.mean(entropy_from_logits(net_old.apply(params, rollout.obs[:-1]).logits))
-    metrics = UpdateMetrics(return_sum=stats.return_sum, episodes=stats.count,
-                            reward_sum=rollout.rewards.sum(), loss=res.metrics["loss"],
-                            entropy=ent, meta_loss=out.loss.astype(jnp.float32),
+
+    def meta_step(rollout):
+      meta, out = hook.step(state.meta, i, state.agent_params, state.opt_state, rollout)
+      return out.rule_params, hook.net_at(meta), (meta, out)
+
+    s, (meta, out) = agent_step(hook.net_at(state.meta), state.env_params, state.agent_params,
+                                state.opt_state, state.env, k_roll, None, config.hypers_at(i),
+                                make_progress(i, u), meta_step)   # n/N: lifetime-aware rules
+    metrics = UpdateMetrics(return_sum=s.stats.return_sum, episodes=s.stats.count,
+                            reward_sum=s.rollout.rewards.sum(), loss=s.result.metrics["loss"],
+                            entropy=s.entropy, meta_loss=out.loss.astype(jnp.float32),
                             meta_params=out.params)
-    return RunState(res.params, res.opt_state, state.env_params, carry, key, meta), metrics
+    return RunState(s.params, s.opt_state, state.env_params, s.envs, key, meta), metrics
 
   def skip(state: RunState, i: jax.Array) -> tuple[RunState, UpdateMetrics]:
     shapes = jax.eval_shape(update, state, i)[1]

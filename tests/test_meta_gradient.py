@@ -60,8 +60,10 @@ def test_meta_gradient_matches_finite_differences(num_inner, opt, lr, rule_confi
   with jax.enable_x64(True):
     problem, rule_params, life = _tiny_problem64(num_inner, opt, lr, rule_config=rule_config)
     key = jax.random.PRNGKey(2)
-    loss_fn = jax.jit(lambda rp: problem.meta_loss(rp, life, key)[0])
-    grads = jax.jit(jax.grad(lambda rp: problem.meta_loss(rp, life, key)[0]))(rule_params)
+    # One compiled program (value and gradient) serves both sides of the check.
+    value_and_grad = jax.jit(jax.value_and_grad(lambda rp: problem.meta_loss(rp, life, key)[0]))
+    loss_fn = lambda rp: value_and_grad(rp)[0]   # noqa: E731
+    _, grads = value_and_grad(rule_params)
 
     flat, unravel = jax.flatten_util.ravel_pytree(rule_params)
     gflat, _ = jax.flatten_util.ravel_pytree(grads)
@@ -81,23 +83,33 @@ def test_meta_gradient_matches_finite_differences(num_inner, opt, lr, rule_confi
       assert abs(float(fd) - float(ad)) <= 1e-6 + 1e-4 * abs(float(ad)), (float(fd), float(ad))
 
 
-def test_meta_gradient_reaches_every_rule_parameter():
-  """Every leaf of the rule gets a non-zero meta-gradient (no silent zero gradient)."""
+def test_meta_gradient_reaches_every_rule_parameter_and_chunks_equal_one_batch():
+  """Every leaf of the rule gets a non-zero meta-gradient (no silent zero gradient), and
+  ``population_meta_grad(chunk=2)`` over the 4 lifetimes equals the whole batch at once
+  (one test: the two share the compiled full-batch gradient)."""
   env = DelayedChain(ChainConfig(3, 6), name="tiny-chain")
   rule = LPGRule(LPGConfig(hidden=8, y_dim=4, phi_hidden=4))
   problem = MetaProblem(env, rule, AgentConfig("tabular"), OptimizerConfig("sgd"),
                         MetaConfig(num_inner=2, rollout_len=8, num_envs=8))
-  lives = jax.vmap(problem.init_lifetime, in_axes=(0, None))(
-      jax.random.split(jax.random.PRNGKey(0), 4), make_hypers(10.0))
+  lives = jax.vmap(problem.init_lifetime, in_axes=(0, None, None))(
+      jax.random.split(jax.random.PRNGKey(0), 4), make_hypers(10.0), 6)
+  assert lives.horizon.shape == (4,) and float(lives.progress[0]) == 0.0
   rule_params = rule.init(jax.random.PRNGKey(1))
-  loss, grads, new_lives, metrics = jax.jit(
-      lambda rp, l, k: population_meta_grad(problem, rp, l, k))(
-          rule_params, lives, jax.random.split(jax.random.PRNGKey(2), 4))
+  keys = jax.random.split(jax.random.PRNGKey(2), 4)
+  full = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k))(rule_params, lives, keys)
+  loss, grads, new_lives, metrics = full
   assert np.isfinite(float(loss))
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert float(jnp.abs(g).max()) > 0.0, f"zero meta-gradient at {jax.tree_util.keystr(path)}"
   np.testing.assert_array_equal(new_lives.age, 2)
   assert metrics.meta_loss.shape == (4,)
+  chunked = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k, chunk=2))(
+      rule_params, lives, keys)
+  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(chunked)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(chunked[2].progress, 2 / 6, rtol=1e-6)  # n/N after K=2 of 6
+  with pytest.raises(ValueError, match="must divide"):
+    population_meta_grad(problem, rule_params, lives, keys, chunk=3)
 
 
 def test_meta_gradient_is_finite_through_adam_with_zero_gradient_entries():
@@ -115,24 +127,3 @@ def test_meta_gradient_is_finite_through_adam_with_zero_gradient_entries():
   flat, _ = jax.flatten_util.ravel_pytree(grads)
   assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(flat)))
   assert float(jnp.abs(flat).max()) > 0
-
-
-def test_chunked_population_gradient_equals_one_batch():
-  """``population_meta_grad(chunk=2)`` over 4 lifetimes = the whole batch at once."""
-  env = DelayedChain(ChainConfig(3, 6), name="tiny-chain")
-  rule = LPGRule(LPGConfig(hidden=4, y_dim=3, phi_hidden=2))
-  problem = MetaProblem(env, rule, AgentConfig("tabular"), OptimizerConfig("sgd"),
-                        MetaConfig(num_inner=2, rollout_len=4, num_envs=4))
-  lives = jax.vmap(problem.init_lifetime, in_axes=(0, None, None))(
-      jax.random.split(jax.random.PRNGKey(0), 4), make_hypers(10.0), 6)
-  assert lives.horizon.shape == (4,) and float(lives.progress[0]) == 0.0
-  rule_params = rule.init(jax.random.PRNGKey(1))
-  keys = jax.random.split(jax.random.PRNGKey(2), 4)
-  full = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k))(rule_params, lives, keys)
-  chunked = jax.jit(lambda rp, l, k: population_meta_grad(problem, rp, l, k, chunk=2))(
-      rule_params, lives, keys)
-  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(chunked)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(chunked[2].progress, 2 / 6, rtol=1e-6)  # n/N after K=2 of 6
-  with pytest.raises(ValueError, match="must divide"):
-    population_meta_grad(problem, rule_params, lives, keys, chunk=3)

@@ -22,15 +22,21 @@ from meta_train.trainer import make_meta_train
 MARGIN = 0.3
 
 
-def final_return(rule, params, seeds=6, updates=150):
+def make_final_return(rule, seeds=6, updates=150):
+  """``final_return(params) -> (mean, per seed)``: the rule's parameters are an argument
+  of one compiled run (not constants of it), so the initial and the trained rule share it."""
   env = envs.make("chain/short")
   config = RunConfig(AgentConfig("tabular"), OptimizerConfig("sgd"), 40.0, alpha_y=0.5,
                      gamma=0.99, num_envs=16, rollout_len=20, num_updates=updates)
-  train = make_train(env, config, rule, params).train
-  _, m = jax.jit(jax.vmap(train))(jax.random.split(jax.random.PRNGKey(123), seeds))
+  run = jax.jit(lambda params, keys: jax.vmap(make_train(env, config, rule, params).train)(keys))
   tail = slice(-updates // 5, None)
-  per_seed = np.asarray(m.return_sum[:, tail].sum(1) / np.maximum(m.episodes[:, tail].sum(1), 1))
-  return float(per_seed.mean()), per_seed
+
+  def final_return(params):
+    _, m = run(params, jax.random.split(jax.random.PRNGKey(123), seeds))
+    per_seed = np.asarray(m.return_sum[:, tail].sum(1)
+                          / np.maximum(m.episodes[:, tail].sum(1), 1))
+    return float(per_seed.mean()), per_seed
+  return final_return
 
 
 @pytest.mark.slow
@@ -41,9 +47,9 @@ def test_meta_training_improves_the_rule():
   initial = jax.tree_util.tree_map(np.asarray, state.rule_params)
   state, metrics = mt.run(state, 150)
   assert int(np.asarray(metrics.skipped).sum()) == 0
-  rule = LPGRule(config.rule)
-  before, before_seeds = final_return(rule, initial)
-  after, after_seeds = final_return(rule, jax.tree_util.tree_map(np.asarray, state.rule_params))
+  final_return = make_final_return(LPGRule(config.rule))
+  before, before_seeds = final_return(initial)
+  after, after_seeds = final_return(jax.tree_util.tree_map(np.asarray, state.rule_params))
   print(f"chain/short final return: initial rule {before:.3f} {np.round(before_seeds, 2)}, "
         f"meta-trained rule {after:.3f} {np.round(after_seeds, 2)}")
   assert after >= before + MARGIN, (before, after)
