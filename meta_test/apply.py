@@ -52,7 +52,7 @@ def build_parser() -> cli.Parser:
   p.add_argument("--out", default=None, help="output directory (default runs/<env>-<algo>)")
   p.add_argument("--agent", default=None, help="tabular, mlp or conv (default: by observation)")
   p.add_argument("--hidden", type=cli.widths, default=None, metavar="W,W,...",
-                 help="MLP agent widths, e.g. 64,64 (default: the rule's, else by observation)")
+                 help="MLP agent widths, e.g. 64,64 (default: by observation, for every algo)")
   p.add_argument("--lr", type=cli.positive_float, default=None,
                  help="override the default learning rate")
   p.add_argument("--num-envs", type=cli.positive_int, default=None,

@@ -206,8 +206,7 @@ def build_parser() -> cli.Parser:
                  help="remove an earlier report in --out (its runs included) first")
   p.add_argument("--agent", default=None, help="force an agent kind for every env")
   p.add_argument("--hidden", type=cli.widths, default=None, metavar="W,W,...",
-                 help="MLP agent widths for every run (default: the rule's for lpg on vector "
-                      "observations, else by observation)")
+                 help="MLP agent widths for every run (default: by observation kind)")
   p.add_argument("--num-envs", type=cli.positive_int, default=None)
   p.add_argument("--rollout-len", type=cli.positive_int, default=None)
   p.add_argument("--tune", action="append", metavar="NAME=V1,V2,...",

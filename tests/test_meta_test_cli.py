@@ -253,16 +253,17 @@ def test_report_resume_reruns_changed_settings(tmp_path, files, capsys):
   assert os.path.samefile(s["rule"]["path"], other)
 
 
-def test_agent_widths_flag_then_artifact_then_default(tmp_path):
-  """``--hidden`` wins; a rule's recorded widths apply to vector observations only."""
+def test_agent_widths_flag_then_default_and_the_rules_widths(tmp_path):
+  """``--hidden`` wins, else the observation kind's default for every algorithm; the
+  widths a rule was meta-trained with are read back from its artifact."""
   import types
-  from meta_test.plan import DEFAULTS, agent_widths, make_plan
+  from meta_test.plan import DEFAULTS, agent_widths, make_plan, rule_widths
   rule = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": [32]}}})
-  assert agent_widths(rule, "vector", None) == ((32,), "artifact")
+  assert rule_widths(rule) == [32]
+  assert agent_widths(rule, "vector", None) == (DEFAULTS["vector"].hidden, "default")
   assert agent_widths(rule, "vector", (8, 8)) == ((8, 8), "flag")
-  assert agent_widths(rule, "image", None) == (DEFAULTS["image"].hidden, "default")
-  assert agent_widths(None, "vector", None) == (DEFAULTS["vector"].hidden, "default")
+  assert agent_widths(None, "image", None) == (DEFAULTS["image"].hidden, "default")
   bad = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": ["x"]}}})
-  assert agent_widths(bad, "vector", None)[1] == "default"
+  assert rule_widths(bad) is None and rule_widths(None) is None
   plan = make_plan("CartPole", "a2c", 1000, 1, str(tmp_path / "a"), hidden=(16, 8))
   assert plan.run.agent.hidden == (16, 8) and plan.hyper_sources["hidden"] == "flag"
