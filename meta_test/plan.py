@@ -212,8 +212,7 @@ def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
           "sources": {"learning_rate": lr_src, "alpha_y": ay_src}}
 
 
-def agent_widths(loaded_rule, obs_kind: str, hidden: tuple[int, ...] | None
-                 ) -> tuple[tuple[int, ...], str]:
+def agent_widths(obs_kind: str, hidden: tuple[int, ...] | None) -> tuple[tuple[int, ...], str]:
   """The MLP widths of a run and where they came from (``"flag"`` or ``"default"``).
 
   ``--hidden`` wins; otherwise the observation kind's default (``DEFAULTS``), the same for
@@ -224,7 +223,6 @@ def agent_widths(loaded_rule, obs_kind: str, hidden: tuple[int, ...] | None
   3 seeds), lpg_toy15 (meta-trained with 64-unit agents) reaches 88 +- 8 with ``--hidden 64``
   and 116 +- 28 with the default 64,64, while a MetaGenRL objective did the opposite.
   """
-  del loaded_rule
   if hidden:
     return tuple(int(h) for h in hidden), "flag"
   return DEFAULTS[obs_kind].hidden or DEFAULTS["vector"].hidden, "default"
@@ -276,8 +274,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   settings = with_overrides(algo_settings(algo, choice,
                                           "index" if kind == "tabular" else source.obs_spec.kind),
                             overrides, algo)
-  widths, widths_src = agent_widths(loaded_rule if ALGOS[algo].needs_rule else None,
-                                    source.obs_spec.kind, hidden)
+  widths, widths_src = agent_widths(source.obs_spec.kind, hidden)
   agent_config = AgentConfig(kind=kind, hidden=widths,
                              separate_value=bool(getattr(settings, "separate_value", False)))
   try:     # fails early for e.g. a tabular agent on images

@@ -260,9 +260,9 @@ def test_agent_widths_flag_then_default_and_the_rules_widths(tmp_path):
   from meta_test.plan import DEFAULTS, agent_widths, make_plan, rule_widths
   rule = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": [32]}}})
   assert rule_widths(rule) == [32]
-  assert agent_widths(rule, "vector", None) == (DEFAULTS["vector"].hidden, "default")
-  assert agent_widths(rule, "vector", (8, 8)) == ((8, 8), "flag")
-  assert agent_widths(None, "image", None) == (DEFAULTS["image"].hidden, "default")
+  assert agent_widths("vector", None) == (DEFAULTS["vector"].hidden, "default")
+  assert agent_widths("vector", (8, 8)) == ((8, 8), "flag")
+  assert agent_widths("image", None) == (DEFAULTS["image"].hidden, "default")
   bad = types.SimpleNamespace(extras={"meta_test": {"network": {"hidden": ["x"]}}})
   assert rule_widths(bad) is None and rule_widths(None) is None
   plan = make_plan("CartPole", "a2c", 1000, 1, str(tmp_path / "a"), hidden=(16, 8))

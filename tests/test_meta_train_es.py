@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lpg.artifact import load_rule
-from meta_train import checkpoint
 from meta_train.cli import main
 from meta_train.config import PRESETS, TrainConfig
+from meta_train_helpers import run_files_and_metrics
 
 ES_TINY = ["--preset", "es-tiny", "--no-progress"]
 
@@ -28,10 +28,7 @@ def straight_run(tmp_path_factory):
 
 def test_es_tiny_writes_rule_metrics_and_checkpoints(straight_run):
   out = straight_run
-  for f in ("config.json", "metrics.jsonl", "rule.pkl", "rule_best.pkl"):
-    assert os.path.isfile(os.path.join(out, f)), f
-  assert [s for s, _ in checkpoint.list_checkpoints(out)] == [2, 4]
-  lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+  lines = run_files_and_metrics(out, [2, 4])
   train = [l for l in lines if "fitness_mean" in l]
   assert [l["meta_update"] for l in train] == [1, 2, 3, 4]
   config = PRESETS["es-tiny"]
