@@ -216,6 +216,28 @@ def reference_returns(name: str, path: str = TABLE_PATH) -> dict[str, float | No
   return {"optimal": entry["optimal"], "random": entry["random"]}
 
 
+# Optima known analytically for games the table otherwise only samples: CartPole-v1
+# pays +1 per step up to its 500-step limit, and a balancing policy reaches it.
+KNOWN_OPTIMA = {"CartPole": 500.0}
+
+
+def family_pair(name: str, num_levels: int = 256, seed: int = 0) -> tuple[float, float] | None:
+  """``(R_opt, R_random)`` of a procedural family, each the mean over ``num_levels`` levels
+  drawn as its lifetimes draw them (``envs.procgen_returns.level_reference``); None for
+  anything else (random-grid families have no exact returns)."""
+  from envs import procgen_returns
+  env = registry.make(name)
+  if not hasattr(env, "sample_params"):
+    return None
+  level = env.sample_params(jax.random.PRNGKey(seed))
+  if procgen_returns.level_reference(env, level) is None:
+    return None
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_levels)
+  refs = jax.jit(jax.vmap(lambda k: procgen_returns.level_reference(env, env.sample_params(k))))
+  optimal, random_ = (float(np.mean(x)) for x in refs(keys))
+  return (optimal, random_) if optimal > random_ else None
+
+
 def reference_pair(name: str, path: str = TABLE_PATH) -> tuple[float, float] | None:
   """``(R_opt, R_random)`` of ``name`` for normalised scores, from the table.
 
@@ -290,7 +312,7 @@ def build_reference_table(names=None, num_lifetimes: int = 16, seed: int = 0,
       # params: one batch of episodes under the default params.
       mean, sem = random_return_mc(env, None, num_envs=max(64, num_lifetimes * mc_envs // 4),
                                    seed=seed)
-      entry = dict(optimal=None, random=mean, random_sem=sem,
+      entry = dict(optimal=KNOWN_OPTIMA.get(name), random=mean, random_sem=sem,
                    method="Monte-Carlo uniform-random one-episode returns, default params")
     out[name] = entry
     if verbose:

@@ -197,8 +197,7 @@ class Checker:
     if not self.due(step, final):
       return
     tic = time.time()
-    settings = validation.settled(self.mt.setup, state.bandit)
-    result = validation.validate(self.validator, self.plan.config, state.rule_params, settings)
+    result = validation.validate(self.validator, self.plan.config, state.rule_params)
     score = result["validation_score"]
     self.best = validation.improved(self.best, score if score is not None else np.nan, step,
                                     state.rule_params)

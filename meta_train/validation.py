@@ -1,9 +1,9 @@
 """Held-out validation of the rule during meta-training, and the best rule so far.
 
 ``make_validator(setup, out)`` builds one compiled function
-``scores(rule_params, learning_rates [V], alpha_ys [V]) -> [V]`` that trains
-``validate_seeds`` fresh agents (vmapped) with the given rule on each of the
-``V`` validation tasks (``lpg.lifetime``: forward only, one ``lax.scan`` per
+``scores(rule_params, learning_rates [V, G], alpha_ys [V, G]) -> [V, G]`` that trains
+``validate_seeds`` fresh agents (vmapped) per grid point of inner
+hyperparameters with the given rule on each of the ``V`` validation tasks (``lpg.lifetime``: forward only, one ``lax.scan`` per
 lifetime) and returns each task's mean episode return over the last
 ``WINDOW`` of the lifetimes.  The rule and the inner hyperparameters are
 arguments, so every validation call of a run reuses the one compilation; the
@@ -11,19 +11,24 @@ keys are fixed per run (common random numbers), so two rules are compared on
 the same tasks, agents and environment noise.
 
 Scores are normalised per task as ``(R - R_random) / (R_opt - R_random)``:
-with ``envs.returns.reference_pair`` where the table knows the optimum; else
-(classic control, MinAtar) with the uniform-random policy's return measured
+with ``envs.returns.reference_pair`` where the table knows the optimum (CartPole's
+is 500), with ``envs.returns.family_pair`` (means over 256 drawn levels) for
+procedural tabular and chain families; else (Acrobot, MinAtar, random grids) with the uniform-random policy's return measured
 once (``envs.returns.random_return``) and ``R_opt - R_random`` replaced by
 ``max(|R_random|, 1)``: the score is then the improvement over the random
-policy in units of its return (CartPole: 0 is random, about 21.7 is the
-500-step optimum).  The baselines are cached in ``DIR/validation_baselines.json``.
+policy in units of its return.  The baselines are cached in ``DIR/validation_baselines.json``.
 The run's validation score is the mean of its tasks' scores.
 
-Which inner hyperparameters validation agents get: for each agent kind
-(tabular SGD, network Adam) the bandit arm with the highest probability
-averaged over the training envs of that kind (``settled``); a kind the run
-does not train gets the middle candidates.  ``settled`` is also what the
-artifact records as its meta-test settings.
+Which inner hyperparameters validation agents get: a fixed grid per agent kind,
+not the bandit's current favourite (``grid``): the lowest, middle and highest of
+the kind's candidate learning rates (``tabular_lrs`` / ``network_lrs``) with the
+middle ``alpha_y``; every grid point trains ``validate_seeds`` agents on the same
+keys and a task scores its best grid point.  So a validation score measures the
+rule alone, tuned over the same few step sizes at every validation (a pilot in
+which validation followed the bandit's arm saw CartPole's score jump 4.2 -> 0.6
+-> 8.9 as the arm switched, ``artifacts/ablations/README.md``).  ``settled``, the
+bandit's favourite arm per kind, is what the artifact records as its meta-test
+settings.
 """
 from __future__ import annotations
 
@@ -118,11 +123,27 @@ def _fallback(config, kind: str) -> dict:
           "alpha_y": float(config.alpha_ys[len(config.alpha_ys) // 2])}
 
 
-def hypers_for(config, kinds, settings: dict) -> tuple[np.ndarray, np.ndarray]:
-  """``[V]`` learning rates and alpha_ys of the validation tasks of ``kinds``."""
-  chosen = [settings.get(k) or _fallback(config, k) for k in kinds]
-  return (np.array([c["learning_rate"] for c in chosen], np.float32),
-          np.array([c["alpha_y"] for c in chosen], np.float32))
+def grid(config, kind: str) -> tuple[tuple[float, float], ...]:
+  """The fixed ``(learning_rate, alpha_y)`` points validation tries for agents of ``kind``:
+  the lowest, middle and highest candidate learning rate (fewer if there are fewer
+  candidates), each with the middle ``alpha_y``."""
+  lrs = config.tabular_lrs if kind == "tabular" else config.network_lrs
+  picks = sorted({lrs[0], lrs[len(lrs) // 2], lrs[-1]})
+  alpha_y = config.alpha_ys[len(config.alpha_ys) // 2]
+  return tuple((float(lr), float(alpha_y)) for lr in picks)
+
+
+def hypers_for(config, kinds) -> tuple[np.ndarray, np.ndarray]:
+  """``[V, G]`` learning rates and alpha_ys of the validation tasks of ``kinds``.
+
+  ``G`` is the largest grid; a kind with a smaller grid repeats its last point
+  (a repeated point scores the same, so the best over the row is unchanged).
+  """
+  grids = [grid(config, k) for k in kinds]
+  width = max(len(g) for g in grids)
+  rows = [list(g) + [g[-1]] * (width - len(g)) for g in grids]
+  table = np.array(rows, np.float32).reshape(len(kinds), width, 2)
+  return table[..., 0], table[..., 1]
 
 
 def baselines(names, out: str | None) -> dict:
@@ -135,7 +156,7 @@ def baselines(names, out: str | None) -> dict:
       cached = {k: tuple(v) for k, v in json.load(f).items()}
   refs = {}
   for name in names:
-    ref = cached.get(name) or returns.reference_pair(name)
+    ref = cached.get(name) or returns.reference_pair(name) or returns.family_pair(name)
     if ref is None:
       rand = float(returns.random_return(name))
       ref = (rand + max(abs(rand), 1.0), rand)
@@ -150,11 +171,14 @@ class Validator(NamedTuple):
   names: tuple[str, ...]
   kinds: tuple[str, ...]
   references: dict            # name -> (R_opt, R_random)
-  scores: Callable            # (rule_params, lrs [V], alpha_ys [V]) -> [V] raw returns
+  scores: Callable            # (rule_params, lrs [V, G], alpha_ys [V, G]) -> [V, G] returns
 
 
 def make_scores(setup, names, seed: int) -> Callable:
-  """The compiled ``scores(rule_params, lrs [V], alpha_ys [V]) -> [V]`` mean returns."""
+  """The compiled ``scores(rule_params, lrs [V, G], alpha_ys [V, G]) -> [V, G]`` mean returns.
+
+  Every grid point of a task trains its agents on the same keys (common random numbers).
+  """
   from meta_train.trainer import env_setup
   c = setup.config
   life = LifetimeConfig(c.validate_updates, c.meta.rollout_len, c.meta.num_envs)
@@ -168,10 +192,13 @@ def make_scores(setup, names, seed: int) -> Callable:
   def scores(rule_params, lrs, ays):
     out = []
     for v, lifetime in enumerate(lifetimes):
-      hypers = make_hypers(lrs[v], ays[v], c.rule_gamma)
       keys = jax.random.split(jax.random.fold_in(key, v), c.validate_seeds)
-      trace = jax.vmap(lifetime, (None, None, 0))(rule_params, hypers, keys)
-      out.append(jnp.mean(fitness(trace, WINDOW)))
+
+      def point(lr, ay, lifetime=lifetime, keys=keys):
+        hypers = make_hypers(lr, ay, c.rule_gamma)
+        trace = jax.vmap(lifetime, (None, None, 0))(rule_params, hypers, keys)
+        return jnp.mean(fitness(trace, WINDOW))
+      out.append(jax.vmap(point)(lrs[v], ays[v]))
     return jnp.stack(out)
 
   return scores
@@ -184,14 +211,21 @@ def make_validator(setup, out: str | None) -> Validator:
                    make_scores(setup, names, c.seed))
 
 
-def validate(validator: Validator, config, rule_params, settings: dict) -> dict:
-  """One validation: ``{"validation": {task: {return, score}}, "validation_score": mean}``."""
-  lrs, ays = hypers_for(config, validator.kinds, settings)
+def validate(validator: Validator, config, rule_params) -> dict:
+  """One validation: ``{"validation": {task: {...}}, "validation_score": mean}``.
+
+  Per task: ``return`` and ``score`` of its best grid point, that point's
+  ``learning_rate`` and ``alpha_y``, and ``grid_returns`` (one per grid point).
+  """
+  lrs, ays = hypers_for(config, validator.kinds)
   raw = np.asarray(jax.device_get(validator.scores(rule_params, lrs, ays)), np.float64)
   tasks = {}
-  for name, r, lr, ay in zip(validator.names, raw, lrs, ays):
+  for v, name in enumerate(validator.names):
+    g = int(np.nanargmax(raw[v])) if np.isfinite(raw[v]).any() else 0
     opt, rand = validator.references[name]
-    tasks[name] = {"return": float(r), "score": float((r - rand) / (opt - rand)),
-                   "learning_rate": float(lr), "alpha_y": float(ay)}
+    points = len(grid(config, validator.kinds[v]))
+    tasks[name] = {"return": float(raw[v, g]), "score": float((raw[v, g] - rand) / (opt - rand)),
+                   "learning_rate": float(lrs[v, g]), "alpha_y": float(ays[v, g]),
+                   "grid_returns": [float(r) for r in raw[v, :points]]}
   mean = float(np.mean([t["score"] for t in tasks.values()]))
   return {"validation": tasks, "validation_score": mean if np.isfinite(mean) else None}

@@ -1,4 +1,5 @@
 """Held-out validation inside lpg-meta-train (issue 13): scores, best rule, resume, refusal."""
+import dataclasses
 import json
 import os
 
@@ -60,7 +61,7 @@ def rigged(monkeypatch):
   def arm(scores):
     scores = list(scores)
 
-    def fake(validator, config, rule_params, settings):
+    def fake(validator, config, rule_params):
       s = scores.pop(0)
       return {"validation": {"chain/long": {"return": s, "score": s}}, "validation_score": s}
     monkeypatch.setattr(validation, "validate", fake)
@@ -159,3 +160,47 @@ def test_ranged_lifetimes_run(tmp_path):
                       "--lifetime-updates-min", "2"]) == 0
   s = load_rule(os.path.join(out, "rule.pkl")).extras["meta_test"]["tabular"]
   assert (s["lifetime_updates"], s["lifetime_updates_min"]) == (12, 2)
+
+
+def test_validation_grid_is_fixed_per_kind_and_independent_of_the_bandit():
+  from meta_train.config import TrainConfig
+  c = TrainConfig()
+  flat = lambda kind, config=c: np.ravel(validation.grid(config, kind))
+  np.testing.assert_allclose(flat("network"), [2e-4, 0.5, 1e-3, 0.5, 4e-3, 0.5])
+  np.testing.assert_allclose(flat("tabular"), [20.0, 0.5, 80.0, 0.5, 320.0, 0.5])
+  one = dataclasses.replace(c, network_lrs=(1e-3,), alpha_ys=(0.5,))
+  np.testing.assert_allclose(flat("network", one), [1e-3, 0.5])
+  lrs, ays = validation.hypers_for(one, ("tabular", "network"))
+  assert lrs.shape == ays.shape == (2, 3)
+  np.testing.assert_allclose(lrs[1], [1e-3] * 3, rtol=1e-6)   # padded with its last point
+
+
+def test_validate_scores_each_task_at_its_best_grid_point():
+  from meta_train.config import TrainConfig
+  c = TrainConfig()
+  returns = np.array([[1.0, 5.0, 3.0], [0.2, 0.1, np.nan]], np.float32)
+  seen = {}
+
+  def scores(rule_params, lrs, ays):
+    seen["lrs"] = lrs
+    return returns
+  v = validation.Validator(("T", "N"), ("tabular", "network"),
+                           {"T": (11.0, 1.0), "N": (1.0, 0.0)}, scores)
+  out = validation.validate(v, c, None)
+  t, n = out["validation"]["T"], out["validation"]["N"]
+  assert (t["return"], t["score"], t["learning_rate"]) == pytest.approx((5.0, 0.4, 80.0))
+  assert t["grid_returns"] == pytest.approx([1.0, 5.0, 3.0])
+  assert (n["return"], n["learning_rate"]) == pytest.approx((0.2, 2e-4))
+  assert out["validation_score"] == pytest.approx((0.4 + 0.2) / 2)
+  assert seen["lrs"].shape == (2, 3)
+
+
+def test_procedural_validation_tasks_have_family_references():
+  from envs import returns
+  assert returns.family_pair("procgen/chain_val", num_levels=8) == pytest.approx((
+      returns.family_pair("procgen/chain_val", num_levels=8)))
+  opt, rand = returns.family_pair("procgen/chain_val", num_levels=32)
+  assert opt > rand >= 0.0
+  assert returns.family_pair("procgen/random_val") is None
+  assert returns.family_pair("CartPole") is None
+  assert returns.reference_pair("CartPole")[0] == 500.0
