@@ -3,8 +3,9 @@
 Reads ``OUT/<variant>-s<seed>/metrics.jsonl`` (``meta_train.ablation``).  Per run, the
 validation lines give each held-out task's score and the run's mean score
 (``validation_score``) at each validation; *last* is the score at the run's last
-validation, *best* its highest, *drop* = best - last of the mean score; *last - base* is
-the last mean score minus that of ``base`` (today's recipe) at the same seed.  Over the seeds
+validation, *end* the mean of its last ``END`` validations (less noisy than one), *best* its
+highest, *drop* = best - last of the mean score; *end - base* is the end mean score minus
+that of ``base`` (today's recipe) at the same seed.  Over the seeds
 of a variant the table gives ``mean ± sd`` (sample standard deviation, ddof 1; a single
 seed shows the mean alone).  A variant *falls* when its mean drop exceeds ``FALL_TOL``
 (issue 16's target: the winner's validation score does not fall as meta-training
@@ -23,6 +24,7 @@ import numpy as np
 from meta_train.ablation import PROG, RUN_NAME, VARIANTS
 from meta_train.plots import read_metrics
 
+END = 3           # validations averaged into a run's *end* score
 FALL_TOL = 0.02   # mean drop (best - last) of the mean score that counts as falling
 MEAN = "mean"     # the task name of the run's mean validation score
 BASE = "base"     # today's recipe, the reference of the ``last - base`` column
@@ -56,9 +58,9 @@ def read_runs(out: str):
 
 
 def per_run(validations):
-  """One row per (variant, seed, task): ``last``, ``best`` and ``drop`` scores."""
+  """One row per (variant, seed, task): ``last``, ``end``, ``best`` and ``drop`` scores."""
   g = validations.sort_values("k").groupby(["variant", "seed", "task"], sort=False)["score"]
-  frame = g.agg(last="last", best="max").reset_index()
+  frame = g.agg(last="last", end=lambda s: s.tail(END).mean(), best="max").reset_index()
   frame["drop"] = frame["best"] - frame["last"]
   return frame
 
@@ -78,25 +80,27 @@ def markdown(header: list[str], rows: list[list]) -> str:
 
 
 def versus_base(mean_runs, variant: str) -> str:
-  """``variant``'s last mean score minus ``BASE``'s, paired by seed (a seed fixes the
+  """``variant``'s end mean score minus ``BASE``'s, paired by seed (a seed fixes the
   validation keys, so both rules meet the same agents and noise): mean ± sd."""
   paired = mean_runs[mean_runs.variant == variant].merge(
       mean_runs[mean_runs.variant == BASE], on="seed", suffixes=("", "_base"))
-  return spread(paired["last"] - paired["last_base"]) if variant != BASE else "-"
+  return spread(paired["end"] - paired["end_base"]) if variant != BASE else "-"
 
 
 def summary_table(runs, totals, variants: list[str]) -> str:
-  """Per variant: seeds, mean score last / best / drop, falls, agent-steps, wall s."""
+  """Per variant: seeds, mean score last / end / best / drop, falls, agent-steps, wall s."""
   rows = []
   mean_runs = runs[runs.task == MEAN]
   for v in variants:
     m = mean_runs[mean_runs.variant == v]
     t = totals[totals.variant == v]
     falls = "yes" if np.nanmean(m["drop"]) > FALL_TOL else "no"
-    rows.append([v, len(t), spread(m["last"]), versus_base(mean_runs, v), spread(m["best"]),
+    rows.append([v, len(t), spread(m["last"]), spread(m["end"]), versus_base(mean_runs, v),
+                 spread(m["best"]),
                  spread(m["drop"]), falls, f"{t.agent_steps.mean():,.0f}",
                  f"{t.wall_time_s.mean():.0f}", f"{t.meta_updates.mean():.0f}"])
-  return markdown(["variant", "seeds", "score (last)", f"last - {BASE}", "score (best)",
+  return markdown(["variant", "seeds", "score (last)", f"score (end, last {END})",
+                   f"end - {BASE}", "score (best)",
                    "drop best-last", "falls", "agent-steps", "wall s", "meta-updates"], rows)
 
 
