@@ -2,7 +2,8 @@
 
 Reads ``OUT/<variant>-s<seed>/metrics.jsonl`` (``meta_train.ablation``).  Per run, the
 validation lines give each held-out task's score and the run's mean score
-(``validation_score``) at each validation; *last* is the score at the run's last
+(``validation_score``) at each validation; *first* is the score at the run's first
+validation, *last* the score at its last
 validation, *end* the mean of its last ``END`` validations (less noisy than one), *best* its
 highest, *drop* = best - last of the mean score; *end - base* is the end mean score minus
 that of ``base`` (today's recipe) at the same seed.  Over the seeds
@@ -58,9 +59,10 @@ def read_runs(out: str):
 
 
 def per_run(validations):
-  """One row per (variant, seed, task): ``last``, ``end``, ``best`` and ``drop`` scores."""
+  """One row per (variant, seed, task): ``first``, ``last``, ``end``, ``best``, ``drop``."""
   g = validations.sort_values("k").groupby(["variant", "seed", "task"], sort=False)["score"]
-  frame = g.agg(last="last", end=lambda s: s.tail(END).mean(), best="max").reset_index()
+  frame = g.agg(first="first", last="last", end=lambda s: s.tail(END).mean(),
+                best="max").reset_index()
   frame["drop"] = frame["best"] - frame["last"]
   return frame
 
@@ -88,18 +90,19 @@ def versus_base(mean_runs, variant: str) -> str:
 
 
 def summary_table(runs, totals, variants: list[str]) -> str:
-  """Per variant: seeds, mean score last / end / best / drop, falls, agent-steps, wall s."""
+  """Per variant: seeds, mean score first / last / end / best / drop, falls, agent-steps,
+  wall s, meta-updates."""
   rows = []
   mean_runs = runs[runs.task == MEAN]
   for v in variants:
     m = mean_runs[mean_runs.variant == v]
     t = totals[totals.variant == v]
     falls = "yes" if np.nanmean(m["drop"]) > FALL_TOL else "no"
-    rows.append([v, len(t), spread(m["last"]), spread(m["end"]), versus_base(mean_runs, v),
+    rows.append([v, len(t), spread(m["first"]), spread(m["last"]), spread(m["end"]), versus_base(mean_runs, v),
                  spread(m["best"]),
                  spread(m["drop"]), falls, f"{t.agent_steps.mean():,.0f}",
                  f"{t.wall_time_s.mean():.0f}", f"{t.meta_updates.mean():.0f}"])
-  return markdown(["variant", "seeds", "score (last)", f"score (end, last {END})",
+  return markdown(["variant", "seeds", "score (first)", "score (last)", f"score (end, last {END})",
                    f"end - {BASE}", "score (best)",
                    "drop best-last", "falls", "agent-steps", "wall s", "meta-updates"], rows)
 
