@@ -334,6 +334,19 @@ PRESETS: dict[str, TrainConfig] = {
         validate_envs=("Breakout", "SpaceInvaders", "CartPole"), validate_every=50,
         validate_updates=800, validate_seeds=2,
         meta_optimizer="es", es_population=128, es_seeds=1),
+    # The recipe the ablation picked (artifacts/ablations/README.md): ES over the cpu
+    # preset's 15 worlds and 64-wide rule, 16 members x 1 lifetime per world, whole
+    # lifetimes of N log-uniform in [20, 100] updates, validated every 3 generations on
+    # the procgen validation levels and CartPole -- exactly the ablation's `es` variant
+    # at cpu scale (tests/test_ablation.py checks), for runs longer than its budget.
+    "recipe-cpu": TrainConfig(
+        envs=("all",), agents_per_env=4, num_updates=3000, lifetime_updates=100,
+        lifetime_updates_min=20, rule=LPGConfig(hidden=64),
+        meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=32), meta_lr=3e-4,
+        checkpoint_every=100, log_every=10,
+        validate_envs=("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
+                       "CartPole"), validate_every=3, validate_updates=200, validate_seeds=2,
+        meta_optimizer="es", es_population=16),
 }
 
 # MetaGenRL (--family metagenrl; meta_train.metagenrl_job).  Agents' step sizes: one

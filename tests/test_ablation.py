@@ -1,6 +1,7 @@
 """``lpg-ablation``: a tiny campaign runs, is skipped when done and continued when its budget
 grows or a run was killed; a variant with a flag lpg-meta-train lacks fails alone; the
 report's table is exact on hand-made metrics."""
+import dataclasses
 import json
 import os
 import sys
@@ -136,3 +137,12 @@ def test_report_table_from_hand_made_metrics(tmp_path, capsys):
   assert png.stat().st_size > 10_000
   assert ablation_report.read_runs(str(out))[0].groupby("variant").k.max().to_dict() == {
       "a": 1, "base": 0}
+
+
+def test_the_recipe_preset_is_the_winning_variant_at_cpu_scale():
+  from meta_train import cli
+  from meta_train.config import PRESETS
+  argv = ablation.train_args(ablation.SCALES["cpu"], ablation.VARIANTS["es"], 0, "x", 900.0)
+  config = cli.make_config(cli.build_parser().parse_args(argv))
+  preset = PRESETS["recipe-cpu"]
+  assert config == dataclasses.replace(preset, envs=cli.expand_envs(",".join(preset.envs)))
