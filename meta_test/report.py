@@ -13,6 +13,10 @@ finished run only when its settings (steps, seeds, agent, hyperparameters, the a
 settings, the rule's checksum) match, and reruns it otherwise; ``--overwrite`` first removes
 the earlier report and its runs.
 
+With ``--rule``, a ``role`` column says what each env was to the rule: ``train`` (it was
+meta-trained on it), ``validation`` (a held-out task that chose it: the best-validated
+rule is picked on it, so it is not a test of the rule) or ``test`` (neither).
+
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
 (``R / R_a2c``, when ``|R_a2c| > 0``) and, when a random row exists,
@@ -67,6 +71,15 @@ def resolve_suite(suite: str) -> list[str]:
   return names
 
 
+def task_roles(loaded_rule) -> dict[str, str]:
+  """``{env: "train" | "validation"}`` from a rule's metadata (absent envs: ``test``)."""
+  meta = loaded_rule.metadata or {}
+  train = meta.get("train_config") or {}
+  roles = {e: "validation" for e in meta.get("validate_envs") or train.get("validate_envs") or ()}
+  roles.update({e: "train" for e in meta.get("envs") or train.get("envs") or ()})
+  return roles
+
+
 def run_dir(out: str, env: str, algo: str) -> str:
   return os.path.join(out, "runs", env_slug(env), algo)
 
@@ -85,7 +98,7 @@ def load_summaries(out: str) -> list[dict]:
     d = os.path.join(out, entry["dir"])
     s = read_summary(d)
     if s is not None and s.get("settings_key") == entry["settings_key"]:
-      found.append(dict(s, dir=d))
+      found.append(dict(s, dir=d, **({"role": entry["role"]} if "role" in entry else {})))
   return found
 
 
@@ -93,6 +106,8 @@ def build_table(summaries: list[dict]):
   """One row per (env, algo): a pandas DataFrame with ``COLUMNS``."""
   import pandas as pd
   columns = COLUMNS + (["tuned"] if any("tuned" in s for s in summaries) else [])
+  if any("role" in s for s in summaries):
+    columns.insert(1, "role")
   rows = [{k: s.get(k) for k in columns if k in s} for s in summaries]
   for row in rows:
     if "tuned" in row:
@@ -327,8 +342,13 @@ def _main(argv) -> int:
       write_json(os.path.join(plan.out, "summary.json"), s)
     print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
     plans.append(plan)
+  roles = None
+  if args.rule:
+    from lpg.artifact import BUILDERS, load_rule
+    roles = task_roles(load_rule(args.rule, families=tuple(BUILDERS)))
   write_json(os.path.join(out, MANIFEST),
-             [{"dir": os.path.relpath(p.out, args.out), "settings_key": p.settings_key()}
+             [{"dir": os.path.relpath(p.out, args.out), "settings_key": p.settings_key(),
+               **({"role": roles.get(p.source.name, "test")} if roles is not None else {})}
               for p in plans])
   df = write_report(args.out)
   print(to_markdown(df))

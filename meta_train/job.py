@@ -100,7 +100,8 @@ class Exporter:
     self.plan, self.device_desc, self.setup = plan, device_desc, setup
     self.commands = [h.get("command") for h in run_dir.history(plan.record)]
 
-  def __call__(self, state, wall: float, best=None) -> None:
+  def __call__(self, state, wall: float, best=None, best_settings: dict | None = None) -> None:
+    """``best_settings``: the validation's ``chosen_settings`` for ``rule_best.pkl``."""
     from lpg.artifact import save_rule
     config, step = self.plan.config, scalar(state.step)
     meta = {"command": self.commands[0], "commands": self.commands, "envs": list(config.envs),
@@ -119,9 +120,11 @@ class Exporter:
     save_rule(os.path.join(self.plan.out, run_dir.RULE), host_state.rule_params, config.rule,
               meta, extras=extras)
     if best is not None and int(best.step) >= 0:
+      chosen = validation.with_chosen(extras["meta_test"], best_settings, int(best.step))
       save_rule(os.path.join(self.plan.out, validation.RULE_BEST), best.rule_params, config.rule,
-                dict(meta, validation_score=float(best.score), validated_at=int(best.step)),
-                extras=extras)
+                dict(meta, validation_score=float(best.score), validated_at=int(best.step),
+                     validate_envs=list(config.validate_envs)),
+                extras={"meta_test": chosen})
 
 
 class _Stop:
@@ -185,6 +188,9 @@ class Checker:
     self.plan, self.mt, self.validator, self.logger, self.best = plan, mt, validator, logger, best
     self.seconds, self.postfix = 0.0, {}
     self.last = int(best.step) if best is not None else -1  # last validated meta-update
+    # The best rule's meta-test settings; a resumed job reads them back from the metrics.
+    self.best_settings = None if validator is None else validation.settings_at(
+        os.path.join(plan.out, run_dir.METRICS), self.last, plan.config, validator.references)
 
   def due(self, step: int, final: bool) -> bool:
     """At the first step of each new multiple of ``validate_every``, and at the end."""
@@ -201,6 +207,8 @@ class Checker:
     score = result["validation_score"]
     self.best = validation.improved(self.best, score if score is not None else np.nan, step,
                                     state.rule_params)
+    if int(self.best.step) == step:
+      self.best_settings = result.get("settings")
     dt = time.time() - tic
     self.seconds += dt
     self.last = step
@@ -249,7 +257,7 @@ def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress, ch
               "rate)", file=sys.stderr)
         return EXIT_FAILED
       if config.checkpoint_every and step - last_ckpt >= config.checkpoint_every:
-        export(state, wall(), check.best)
+        export(state, wall(), check.best, check.best_settings)
         last_ckpt = step
       timed_out = time_limit is not None and time.time() - t0 >= time_limit
       if stopper.signal is not None or timed_out:
@@ -257,7 +265,7 @@ def _loop(plan, mt, state, logger, export, wall_offset, time_limit, progress, ch
     logger.flush(step, wall())
     # A run that used its time budget is validated where it stops (an ablation's last point).
     check(state, step, wall(), final=step >= config.num_updates or timed_out)
-    export(state, wall(), check.best)
+    export(state, wall(), check.best, check.best_settings)
   finally:
     bar.close()
     for s, h in old_handlers.items():

@@ -26,9 +26,15 @@ middle ``alpha_y``; every grid point trains ``validate_seeds`` agents on the sam
 keys and a task scores its best grid point.  So a validation score measures the
 rule alone, tuned over the same few step sizes at every validation (a pilot in
 which validation followed the bandit's arm saw CartPole's score jump 4.2 -> 0.6
--> 8.9 as the arm switched, ``artifacts/ablations/README.md``).  ``settled``, the
-bandit's favourite arm per kind, is what the artifact records as its meta-test
-settings.
+-> 8.9 as the arm switched, ``artifacts/ablations/README.md``).
+
+Which meta-test settings an artifact carries (``extras["meta_test"][kind]``, what
+``lpg-apply`` uses unless told otherwise): ``rule.pkl`` records ``settled``, the
+bandit's favourite arm per kind (the middle candidates under ES, which has no
+bandit); ``rule_best.pkl`` records ``chosen_settings`` of the validation that chose
+it: per agent kind, the one grid point with the highest mean score over that
+kind's validation tasks (one setting per kind, since a user's task is not one of
+them).
 """
 from __future__ import annotations
 
@@ -204,6 +210,59 @@ def make_scores(setup, names, seed: int) -> Callable:
   return scores
 
 
+def chosen_settings(config, tasks: dict, kinds: dict, references: dict) -> dict:
+  """Per agent kind, the validation grid point best on average over the kind's tasks.
+
+  ``tasks``: one validation's ``{task: {"grid_returns": [G], ...}}``; ``kinds``:
+  ``{task: kind}``; ``references``: ``{task: (R_opt, R_random)}``.  Returns
+  ``{kind: {learning_rate, alpha_y, validation_score (the mean normalised score at
+  that point), validation_tasks}}``; a kind whose grid has no finite return gets its
+  middle point.
+  """
+  out = {}
+  for kind in dict.fromkeys(kinds[name] for name in tasks):
+    names = [n for n in tasks if kinds[n] == kind]
+    points = grid(config, kind)
+    scores = np.array([[(r - references[n][1]) / (references[n][0] - references[n][1])
+                        for r in tasks[n]["grid_returns"][:len(points)]] for n in names],
+                      np.float64).reshape(len(names), len(points))
+    finite = np.isfinite(scores)
+    mean = np.where(finite.any(0), np.where(finite, scores, 0).sum(0)
+                    / np.maximum(finite.sum(0), 1), -np.inf)
+    g = int(np.argmax(mean)) if np.isfinite(mean).any() else len(points) // 2
+    out[kind] = {"learning_rate": points[g][0], "alpha_y": points[g][1],
+                 "validation_score": float(mean[g]) if np.isfinite(mean[g]) else None,
+                 "validation_tasks": names}
+  return out
+
+
+def settings_at(metrics_path: str, step: int, config, references: dict) -> dict | None:
+  """``chosen_settings`` of the validation logged at meta-update ``step`` in a run's
+  ``metrics.jsonl`` (how a resumed job, or ``lpg-ship``, recovers the best rule's), or None."""
+  from meta_train.plots import read_metrics
+  if step < 0 or not os.path.isfile(metrics_path):
+    return None
+  lines = [l for l in read_metrics(metrics_path)
+           if l.get("meta_update") == step and l.get("validation")]
+  if not lines:
+    return None
+  tasks = {n: t for n, t in lines[-1]["validation"].items() if "grid_returns" in t}
+  if not tasks or any(n not in references for n in tasks):
+    return None
+  return chosen_settings(config, tasks, {n: kind_of(n) for n in tasks}, references)
+
+
+def with_chosen(settled_settings: dict, chosen: dict | None, step: int) -> dict:
+  """The artifact's ``meta_test`` entry: ``settled_settings`` with each kind's learning
+  rate and alpha_y replaced by the validation's choice (marked ``chosen_by``)."""
+  out = {k: dict(v) for k, v in settled_settings.items()}
+  for kind, c in (chosen or {}).items():
+    entry = out.setdefault(kind, {})
+    entry.pop("probability", None)   # the bandit's, not this choice's
+    entry.update(c, chosen_by=f"validation at meta-update {step}")
+  return out
+
+
 def make_validator(setup, out: str | None) -> Validator:
   c = setup.config
   names = tuple(c.validate_envs)
@@ -215,7 +274,8 @@ def validate(validator: Validator, config, rule_params) -> dict:
   """One validation: ``{"validation": {task: {...}}, "validation_score": mean}``.
 
   Per task: ``return`` and ``score`` of its best grid point, that point's
-  ``learning_rate`` and ``alpha_y``, and ``grid_returns`` (one per grid point).
+  ``learning_rate`` and ``alpha_y``, and ``grid_returns`` (one per grid point);
+  ``settings``: ``chosen_settings`` (per agent kind).
   """
   lrs, ays = hypers_for(config, validator.kinds)
   raw = np.asarray(jax.device_get(validator.scores(rule_params, lrs, ays)), np.float64)
@@ -228,4 +288,7 @@ def validate(validator: Validator, config, rule_params) -> dict:
                    "learning_rate": float(lrs[v, g]), "alpha_y": float(ays[v, g]),
                    "grid_returns": [float(r) for r in raw[v, :points]]}
   mean = float(np.mean([t["score"] for t in tasks.values()]))
-  return {"validation": tasks, "validation_score": mean if np.isfinite(mean) else None}
+  settings = chosen_settings(config, tasks, dict(zip(validator.names, validator.kinds)),
+                             validator.references)
+  return {"validation": tasks, "validation_score": mean if np.isfinite(mean) else None,
+          "settings": settings}

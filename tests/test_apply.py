@@ -23,7 +23,9 @@ BUDGET = {"chain/short": 40_000, "tabular/dense": 40_000}   # one report: one --
 
 @pytest.fixture(scope="module")
 def rule_path(tmp_path_factory):
-  return save_tiny_rule(tmp_path_factory.mktemp("rule") / "rule.pkl")
+  # As if meta-trained on chain/short and validated on tabular/dense (the report's roles).
+  return save_tiny_rule(tmp_path_factory.mktemp("rule") / "rule.pkl", envs=["chain/short"],
+                        validate_envs=["tabular/dense"])
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +79,10 @@ def test_report_table(report_dir):
   assert set(df["env"]) == set(BUDGET) and set(df["algo"]) == {"lpg", "a2c", "random"}
   a2c = df[df["algo"] == "a2c"]
   assert np.allclose(a2c["ratio_to_a2c"], 1.0) and np.allclose(a2c["a2c_relative"], 1.0)
+  roles = dict(zip(df["env"], df["role"]))
+  assert roles == {"chain/short": "train", "tabular/dense": "validation"}   # marked in the table
   md = open(os.path.join(report_dir, "report.md")).read().splitlines()
-  assert md[0].startswith("| env | algo |") and len(md) == 2 + 6
+  assert md[0].startswith("| env | role | algo |") and len(md) == 2 + 6
   for name in ("scores.png", "curves.png"):
     assert os.path.getsize(os.path.join(report_dir, name)) > 1000
 
@@ -116,3 +120,10 @@ def test_apply_user_dm_env_host_loop(tmp_path):
   s = json.load(open(os.path.join(out, "summary.json")))
   assert s["compiled"] is False and s["env"] == "meta_test.examples:chain_short"
   assert s["hyperparameters"]["num_updates"] == 10
+
+
+def test_task_roles_come_from_the_rules_metadata():
+  from types import SimpleNamespace
+  rule = SimpleNamespace(metadata={"train_config": {"envs": ["a", "b"], "validate_envs": ["c"]}})
+  assert report_lib.task_roles(rule) == {"a": "train", "b": "train", "c": "validation"}
+  assert report_lib.task_roles(SimpleNamespace(metadata={})) == {}

@@ -204,3 +204,70 @@ def test_procedural_validation_tasks_have_family_references():
   assert returns.family_pair("procgen/random_val") is None
   assert returns.family_pair("CartPole") is None
   assert returns.reference_pair("CartPole")[0] == 500.0
+
+
+def test_chosen_settings_take_each_kinds_best_mean_grid_point():
+  from meta_train.config import TrainConfig
+  c = TrainConfig()
+  tasks = {"T1": {"grid_returns": [1.0, 5.0, 3.0]}, "T2": {"grid_returns": [9.0, 1.0, 7.0]},
+           "N": {"grid_returns": [0.1, float("nan"), 0.3]}}
+  refs = {"T1": (11.0, 1.0), "T2": (11.0, 1.0), "N": (1.0, 0.0)}
+  got = validation.chosen_settings(c, tasks, {"T1": "tabular", "T2": "tabular", "N": "network"},
+                                   refs)
+  # tabular means over T1, T2: (0 + .8) / 2 = .4, (.4 + 0) / 2 = .2, (.2 + .6) / 2 = .4 -> first.
+  assert got["tabular"]["learning_rate"] == 20.0 and got["tabular"]["validation_score"] == (
+      pytest.approx(0.4))
+  assert got["tabular"]["validation_tasks"] == ["T1", "T2"]
+  assert got["network"]["learning_rate"] == pytest.approx(4e-3)     # the NaN point is skipped
+  assert got["network"]["alpha_y"] == pytest.approx(c.alpha_ys[len(c.alpha_ys) // 2])
+  merged = validation.with_chosen({"tabular": {"learning_rate": 40.0, "probability": 0.3,
+                                               "lifetime_updates": 8}}, got, 6)
+  assert merged["tabular"]["learning_rate"] == 20.0 and "probability" not in merged["tabular"]
+  assert merged["tabular"]["lifetime_updates"] == 8
+  assert merged["tabular"]["chosen_by"] == "validation at meta-update 6"
+
+
+def test_best_rule_carries_the_settings_its_validation_chose(validated_run):
+  from meta_train.config import TrainConfig
+  best = load_rule(os.path.join(validated_run, validation.RULE_BEST))
+  s = best.extras["meta_test"]["tabular"]
+  step = best.metadata["validated_at"]
+  assert s["chosen_by"] == f"validation at meta-update {step}"
+  config = TrainConfig.from_dict(json.load(open(os.path.join(validated_run, "config.json")))["config"])
+  assert (s["learning_rate"], s["alpha_y"]) in validation.grid(config, "tabular")
+  refs = {k: tuple(v) for k, v in json.load(open(os.path.join(validated_run,
+                                                               validation.BASELINES))).items()}
+  again = validation.settings_at(os.path.join(validated_run, "metrics.jsonl"), step, config, refs)
+  assert again["tabular"]["learning_rate"] == s["learning_rate"]
+  assert best.metadata["validate_envs"] == ["chain/long"]
+  assert "probability" in load_rule(os.path.join(validated_run, "rule.pkl")).extras[
+      "meta_test"]["tabular"]   # the last rule keeps the bandit's choice
+
+
+def test_lpg_ship_packages_the_best_validated_rule(validated_run, tmp_path, capsys):
+  import hashlib
+  from meta_train import ship
+  out = str(tmp_path / "artifacts")
+  assert ship.main(["--run", validated_run, "--name", "lpg_tiny", "--out", out]) == 0
+  meta = json.load(open(os.path.join(out, "lpg_tiny.json")))
+  data = open(os.path.join(out, "lpg_tiny.pkl"), "rb").read()
+  assert meta["checksum_sha256"] == hashlib.sha256(data).hexdigest()
+  rule = load_rule(os.path.join(out, "lpg_tiny.pkl"))
+  best = load_rule(os.path.join(validated_run, validation.RULE_BEST))
+  assert rule.checksum == meta["rule_checksum"] and rule.metadata["name"] == "lpg_tiny"
+  for m in best.params:
+    for n in best.params[m]:
+      np.testing.assert_array_equal(rule.params[m][n], best.params[m][n])
+  assert meta["validate_envs"] == ["chain/long"] and meta["envs"] == ["chain/short"]
+  assert meta["validation"]["meta_update"] == best.metadata["validated_at"]
+  assert meta["meta_test"] == rule.extras["meta_test"] == best.extras["meta_test"]
+  assert meta["meta_updates"] == 4 or meta["meta_updates"] == best.metadata["meta_updates"]
+  for f in ("config.json", "metrics.jsonl.gz", "scores.png", "meta_training.png"):
+    assert os.path.getsize(os.path.join(out, "lpg_tiny_train", f)) > 0
+  capsys.readouterr()
+  assert ship.main(["--run", validated_run, "--name", "lpg_tiny", "--out", out]) == 2
+  assert ship.main(["--run", validated_run, "--name", "../x", "--out", out]) == 2
+  assert ship.main(["--run", str(tmp_path / "none"), "--name", "y", "--out", out]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 3 and "--overwrite" in err[0] and "--name" in err[1] and "--run" in err[2]
+  assert not os.path.exists(os.path.join(out, "y.pkl"))
