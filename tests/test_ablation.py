@@ -145,4 +145,6 @@ def test_the_recipe_preset_is_the_winning_variant_at_cpu_scale():
   argv = ablation.train_args(ablation.SCALES["cpu"], ablation.VARIANTS["es"], 0, "x", 900.0)
   config = cli.make_config(cli.build_parser().parse_args(argv))
   preset = PRESETS["recipe-cpu"]
-  assert config == dataclasses.replace(preset, envs=cli.expand_envs(",".join(preset.envs)))
+  # Equal but for how often it checkpoints (which changes no result).
+  assert dataclasses.replace(config, checkpoint_every=preset.checkpoint_every) == (
+      dataclasses.replace(preset, envs=cli.expand_envs(",".join(preset.envs))))
