@@ -9,6 +9,7 @@ import pytest
 from lpg.artifact import load_rule
 from meta_train import checkpoint, validation
 from meta_train.cli import main
+from meta_train.config import PRESETS
 from meta_train_helpers import TINY, tiny_run
 
 
@@ -63,7 +64,10 @@ def rigged(monkeypatch):
 
     def fake(validator, config, rule_params):
       s = scores.pop(0)
-      return {"validation": {"chain/long": {"return": s, "score": s}}, "validation_score": s}
+      task = {"return": s, "score": s, "grid_returns": [0.0, s, 0.0]}   # the middle lr best
+      return {"validation": {"chain/long": task}, "validation_score": s,
+              "settings": validation.chosen_settings(config, {"chain/long": task},
+                                                     {"chain/long": "tabular"}, {"chain/long": (1.0, 0.0)})}
     monkeypatch.setattr(validation, "validate", fake)
   return arm
 
@@ -98,6 +102,10 @@ def test_best_rule_is_the_higher_scoring_one_and_survives_resume(tmp_path, rigge
       (2, pytest.approx(0.9)), (4, pytest.approx(0.9)), (6, pytest.approx(0.9))]
   with np.load(checkpoint.path_for(out, 6)) as z:
     assert float(z["best/score"]) == pytest.approx(0.9) and int(z["best/step"]) == 2
+  # The resumed job read the best rule's settings back from the metrics.
+  settings = best.extras["meta_test"]["tabular"]
+  assert settings["chosen_by"] == "validation at meta-update 2"
+  assert settings["learning_rate"] == validation.grid(PRESETS["tiny"], "tabular")[1][0]
 
 
 def test_overlapping_validation_task_is_refused(tmp_path, capsys):
