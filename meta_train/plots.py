@@ -56,6 +56,32 @@ def plot_meta_training(path: str, out_png: str, smooth: int = 5) -> None:
   plt.close(fig)
 
 
+def plot_es_fitness(path: str, out_png: str) -> None:
+  """An ES run's population fitness (mean and best member) vs generation."""
+  import matplotlib.pyplot as plt
+  lines = [l for l in read_metrics(path) if "fitness_mean" in l]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for key, label in (("fitness_mean", "mean member"), ("fitness_max", "best member")):
+    ax.plot([l["meta_update"] for l in lines], [l[key] for l in lines], lw=1.5, label=label)
+  ax.set_xlabel("generation")
+  ax.set_ylabel("fitness (normalised return, end of lifetime)")
+  ax.set_title("Meta-training progress (ES)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+
+
+def plot_training(path: str, out_png: str) -> None:
+  """The run's meta-training curve: the population's return (gradient runs) or the ES
+  population's fitness, whichever its metrics hold."""
+  if any("fitness_mean" in l for l in read_metrics(path)):
+    plot_es_fitness(path, out_png)
+  else:
+    plot_meta_training(path, out_png)
+
+
 def score_frame(path: str):
   """One row per logged point and task: meta_update, agent_steps, task, split, score.
 
@@ -120,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_scores(os.path.join(argv[0], "metrics.jsonl"), out, x)
     print(f"wrote {out}", file=sys.stderr)
   else:
-    plot_meta_training(argv[0], argv[1])
+    plot_training(argv[0], argv[1])
   return 0
 
 

@@ -16,7 +16,8 @@ Writes, into ``--out``:
   the meta-test settings, the validation at which it was chosen, the run's totals;
 * ``NAME_train/``: ``config.json`` (the run's record), ``metrics.jsonl.gz`` (its metrics,
   compressed), ``scores.png`` (training and validation scores per task) and
-  ``meta_training.png`` (the population's mean normalised return).
+  ``meta_training.png`` (the population's mean normalised return, or an ES population's
+  fitness).
 
 Nothing is written before every input is checked; an existing ``NAME.pkl`` is refused
 without ``--overwrite``.  Exit 0 on success, 2 on bad input (one line, no traceback).
@@ -87,6 +88,15 @@ def _rule_inputs(rule_config) -> list[str]:
   return [n for n, field in RULE_INPUTS.items() if getattr(rule_config, field, False)]
 
 
+def _rule_progress(meta: dict, line: dict | None) -> dict:
+  """The rule's own meta-updates, agent-steps and wall time: where the validation that chose
+  it ran (the run went on after it: ``run_totals``), else the artifact's metadata."""
+  if line is None:
+    return {k: meta.get(k) for k in ("meta_updates", "agent_steps", "wall_time_s")}
+  return {"meta_updates": line["meta_update"], "agent_steps": line.get("agent_steps"),
+          "wall_time_s": line.get("wall_time_s")}
+
+
 def _totals(lines: list[dict]) -> dict:
   last = [l for l in lines if "meta_update" in l]
   if not last:
@@ -107,8 +117,7 @@ def sidecar(name: str, record: dict, config, loaded, chosen: dict, line: dict | 
       "validate_envs": list(config.validate_envs),
       "validation_note": "the validate_envs chose this rule: they are not a test of it",
       "meta_optimizer": config.meta_optimizer, "rule_inputs": _rule_inputs(loaded.config),
-      "meta_updates": meta.get("meta_updates"), "agent_steps": meta.get("agent_steps"),
-      "wall_time_s": meta.get("wall_time_s"), "hardware": meta.get("hardware"),
+      **_rule_progress(meta, line), "hardware": meta.get("hardware"),
       "jax": meta.get("jax"), "date": meta.get("date"),
       "validation": None if line is None else {
           "meta_update": line["meta_update"], "score": line.get("validation_score"),
@@ -131,7 +140,7 @@ def _write_train_dir(run: str, target: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   plots.plot_scores(src, os.path.join(target, "scores.png"))
-  plots.plot_meta_training(src, os.path.join(target, "meta_training.png"))
+  plots.plot_training(src, os.path.join(target, "meta_training.png"))
 
 
 def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",

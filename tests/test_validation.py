@@ -269,7 +269,8 @@ def test_lpg_ship_packages_the_best_validated_rule(validated_run, tmp_path, caps
   assert meta["validate_envs"] == ["chain/long"] and meta["envs"] == ["chain/short"]
   assert meta["validation"]["meta_update"] == best.metadata["validated_at"]
   assert meta["meta_test"] == rule.extras["meta_test"] == best.extras["meta_test"]
-  assert meta["meta_updates"] == 4 or meta["meta_updates"] == best.metadata["meta_updates"]
+  assert meta["meta_updates"] == best.metadata["validated_at"]       # the rule's, not the run's
+  assert meta["run_totals"]["meta_update"] == 4
   for f in ("config.json", "metrics.jsonl.gz", "scores.png", "meta_training.png"):
     assert os.path.getsize(os.path.join(out, "lpg_tiny_train", f)) > 0
   capsys.readouterr()
