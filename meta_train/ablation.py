@@ -4,6 +4,8 @@
         --out runs/ablation [--budget-s 1800] [--jobs 1] [--dry-run]
     lpg-ablation report --out runs/ablation --md artifacts/ablations/README-table.md \\
         --png artifacts/ablations/curves.png
+    lpg-ablation rescore --out runs/ablation [--seed 1000] [--validate-seeds 4]
+        # every run's best rule on one common validation (meta_train.ablation_rescore)
 
 A *variant* is a named list of ``lpg-meta-train`` flags (``VARIANTS``) layered on a
 *scale* (``SCALES``: a preset, the base recipe's training worlds and the validation
@@ -370,12 +372,22 @@ def build_parser():
   q.add_argument("--out", required=True, help="campaign directory")
   q.add_argument("--md", default=None, help="write the markdown table here")
   q.add_argument("--png", default=None, help="write the validation curves here")
+  s = sub.add_parser("rescore", help="score every run's rule again on one common validation")
+  s.add_argument("--out", required=True, help="campaign directory")
+  s.add_argument("--seed", type=cli.integer, default=1000,
+                 help="validation keys (default 1000: none of the runs' own)")
+  s.add_argument("--validate-seeds", type=cli.positive_int, default=4,
+                 help="lifetimes per task and grid point (default 4)")
+  s.add_argument("--which", choices=("best", "last", "both"), default="best",
+                 help="rule_best.pkl, rule.pkl or both (default best)")
+  s.add_argument("--md", default=None, help="write the markdown table here")
+  s.add_argument("--json", default=None, help="write the scores here")
   return p
 
 
 def parse(argv: list[str]):
   args = build_parser().parse_args(argv)
-  if args.command == "report":
+  if args.command in ("report", "rescore"):
     return args
   args.out = args.out or os.path.join("runs", f"ablation-{args.scale}")
   args.budget_s = args.budget_s or SCALES[args.scale].budget_s
@@ -394,6 +406,9 @@ def run(argv: list[str]) -> int:
   if args.command == "report":
     from meta_train import ablation_report
     return ablation_report.report_command(args)
+  if args.command == "rescore":
+    from meta_train import ablation_rescore
+    return ablation_rescore.rescore_command(args)
   return run_command(args)
 
 

@@ -49,6 +49,19 @@ def test_tiny_campaign_runs_skips_and_continues(tmp_path, capsys, monkeypatch, o
       history = json.load(f)["history"]
     assert len(history) == 2 and "--resume --time-limit" in history[1]["command"]
     assert _lines(os.path.join(out, name, "metrics.jsonl"))[-1]["meta_update"] == 4  # tiny's end
+  # rescore: both rules of the run on one common validation, reproducibly.
+  from meta_train import ablation_rescore
+  capsys.readouterr()
+  md = str(tmp_path / "rescore.md")
+  assert ablation.main(["rescore", "--out", out, "--validate-seeds", "1", "--which", "both",
+                        "--md", md, "--json", str(tmp_path / "r.json")]) == 0
+  rows = json.load(open(tmp_path / "r.json"))
+  assert [(r["variant"], r["seed"], r["rule"]) for r in rows] == [("base", 0, "best"),
+                                                                  ("base", 0, "last")]
+  assert all(set(r["tasks"]) == {"chain/long"} for r in rows)
+  again = ablation_rescore.rescore(out, validate_seeds=1, which=("best",))
+  assert again[0]["score"] == pytest.approx(rows[0]["score"])
+  assert "| base | best | 1 |" in open(md).read()
 
 
 def test_killed_run_is_resumed_with_the_budget_left(tmp_path, capsys, monkeypatch, on_path):
@@ -148,3 +161,13 @@ def test_the_recipe_preset_is_the_winning_variant_at_cpu_scale():
   # Equal but for how often it checkpoints (which changes no result).
   assert dataclasses.replace(config, checkpoint_every=preset.checkpoint_every) == (
       dataclasses.replace(preset, envs=cli.expand_envs(",".join(preset.envs))))
+
+
+def test_rescore_table_pairs_variants_with_base_by_seed():
+  from meta_train.ablation_rescore import table
+  rows = [{"variant": v, "seed": s, "rule": "best", "score": x, "tasks": {"T": x}}
+          for v, s, x in [("base", 0, 0.5), ("base", 1, 0.3), ("es", 0, 0.7), ("es", 1, 0.4)]]
+  lines = table(rows).splitlines()
+  assert lines[2].startswith("| base | best | 2 | 0.400 ± 0.141 | - | 0.500 / 0.300 |")
+  # es - base: 0.2 and 0.1 -> 0.150 ± 0.071
+  assert lines[3].startswith("| es | best | 2 | 0.550 ± 0.212 | 0.150 ± 0.071 | 0.700 / 0.400 |")
