@@ -104,6 +104,9 @@ VARIANTS: dict[str, Args] = {
     "curriculum": _CURRICULUM,                    # + a regret curriculum over them
     "norm": (("--rule-inputs", "signlog,normalise"),),  # normalised reward inputs
     "k20": (("--num-inner", "20"),),              # 20 inner updates per meta-gradient
+    # ES with norm's inputs: the combination the first campaign pointed to, and the winner
+    # of the second (artifacts/ablations/README.md; --preset recipe-cpu).
+    "esnorm": (("--meta-optimizer", "es"), ("--rule-inputs", "signlog,normalise")),
     # The combination to confirm (edit here, or --define best='...'):
     "best": _CURRICULUM + (("--rule-inputs", "lifetime,signlog,normalise"),
                            ("--lifetime-updates-min", "{lifetime_min}")),

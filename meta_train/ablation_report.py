@@ -127,7 +127,9 @@ def tables(validations, totals) -> str:
 
 
 def plot_curves(validations, path: str) -> None:
-  """One panel per task (the mean first): mean over seeds vs wall time, shaded ± sd."""
+  """One panel per task (the mean first): mean over seeds vs wall time, shaded ± sd, up to
+  the last validation index every seed of the variant reached (a point of fewer seeds would
+  mix seeds whose validation levels differ)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   tasks = [MEAN] + [t for t in dict.fromkeys(validations.task) if t != MEAN]
@@ -140,7 +142,8 @@ def plot_curves(validations, path: str) -> None:
     d = validations[validations.task == task]
     for v, dv in d.groupby("variant", sort=False):
       g = dv.groupby("k").agg(x=("wall_time_s", "mean"), y=("score", "mean"),
-                              sd=("score", "std")).fillna({"sd": 0.0})
+                              sd=("score", "std"), n=("seed", "nunique")).fillna({"sd": 0.0})
+      g = g[g.n == dv.seed.nunique()]
       line, = ax.plot(g.x, g.y, marker=".", label=v)
       ax.fill_between(g.x, g.y - g.sd, g.y + g.sd, color=line.get_color(), alpha=0.2)
     ax.set_title("mean validation score" if task == MEAN else task, fontsize=9)

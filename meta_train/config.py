@@ -335,13 +335,15 @@ PRESETS: dict[str, TrainConfig] = {
         validate_updates=800, validate_seeds=2,
         meta_optimizer="es", es_population=128, es_seeds=1),
     # The recipe the ablation picked (artifacts/ablations/README.md): ES over the cpu
-    # preset's 15 worlds and 64-wide rule, 16 members x 1 lifetime per world, whole
-    # lifetimes of N log-uniform in [20, 100] updates, validated every 3 generations on
-    # the procgen validation levels and CartPole -- exactly the ablation's `es` variant
-    # at cpu scale (tests/test_ablation.py checks), for runs longer than its budget.
+    # preset's 15 worlds and 64-wide rule with sign-log, normalised reward inputs, 16
+    # members x 1 lifetime per world, whole lifetimes of N log-uniform in [20, 100]
+    # updates, validated every 3 generations on the procgen validation levels and
+    # CartPole -- exactly the ablation's `esnorm` variant at cpu scale but for its
+    # checkpoint interval (tests/test_ablation.py checks), for runs longer than its budget.
     "recipe-cpu": TrainConfig(
         envs=("all",), agents_per_env=4, num_updates=3000, lifetime_updates=100,
-        lifetime_updates_min=20, rule=LPGConfig(hidden=64),
+        lifetime_updates_min=20,
+        rule=LPGConfig(hidden=64, signlog_reward=True, normalise_reward=True),
         meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=32), meta_lr=3e-4,
         # An ES generation takes ~40 s on 2 cores: a checkpoint (and rule_best.pkl) every
         # ~7 min, so a killed run loses little (the ablation's es runs saved every 100).

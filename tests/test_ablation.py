@@ -155,7 +155,7 @@ def test_report_table_from_hand_made_metrics(tmp_path, capsys):
 def test_the_recipe_preset_is_the_winning_variant_at_cpu_scale():
   from meta_train import cli
   from meta_train.config import PRESETS
-  argv = ablation.train_args(ablation.SCALES["cpu"], ablation.VARIANTS["es"], 0, "x", 900.0)
+  argv = ablation.train_args(ablation.SCALES["cpu"], ablation.VARIANTS["esnorm"], 0, "x", 900.0)
   config = cli.make_config(cli.build_parser().parse_args(argv))
   preset = PRESETS["recipe-cpu"]
   # Equal but for how often it checkpoints (which changes no result).

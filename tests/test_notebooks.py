@@ -25,7 +25,7 @@ def _run(name, tmp_path, monkeypatch, **env):
 
 def test_generalisation_notebook(tmp_path, monkeypatch):
   nb, text = _run("generalisation.ipynb", tmp_path, monkeypatch, LPG_ALGOS="lpg,a2c")
-  assert "| env | algo |" in text
+  assert "| env | role | algo |" in text   # the role column: the rule never saw chain/short
   assert "chain/short" in text and "ratio_to_a2c" in text
   images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
   assert len(images) >= 2
