@@ -31,6 +31,16 @@ def metrics_frame(path: str):
   return pd.DataFrame(rows)
 
 
+def _finish(fig, ax, out_png: str) -> None:
+  """Legend, grid, layout; writes and closes the figure."""
+  import matplotlib.pyplot as plt
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+
+
 def plot_meta_training(path: str, out_png: str, smooth: int = 5) -> None:
   """Mean normalised return of the population vs meta-update, overall and per env family.
 
@@ -49,11 +59,7 @@ def plot_meta_training(path: str, out_png: str, smooth: int = 5) -> None:
   ax.set_xlabel("meta-update")
   ax.set_ylabel("normalised return of the population's agents")
   ax.set_title("Meta-training progress")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
-  plt.close(fig)
+  _finish(fig, ax, out_png)
 
 
 def plot_es_fitness(path: str, out_png: str) -> None:
@@ -66,11 +72,7 @@ def plot_es_fitness(path: str, out_png: str) -> None:
   ax.set_xlabel("generation")
   ax.set_ylabel("fitness (normalised return, end of lifetime)")
   ax.set_title("Meta-training progress (ES)")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
-  plt.close(fig)
+  _finish(fig, ax, out_png)
 
 
 def plot_training(path: str, out_png: str) -> None:
