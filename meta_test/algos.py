@@ -78,6 +78,7 @@ class Algo:
       plan writes the values it uses back into them (``meta_test.plan.make_plan``).
     with_settings: ``(Choice, settings) -> Choice`` with those settings (and a rule
       rebuilt from them where the rule holds them).
+    learns: whether it has anything to tune (``lpg-report --tune`` skips it otherwise).
   """
   help: str
   make: Callable[[Any], Choice]
@@ -87,6 +88,7 @@ class Algo:
   kind_settings: Callable[[str], Any] | None = None
   with_settings: Callable[[Choice, Any], Choice] = (
       lambda choice, settings: dataclasses.replace(choice, settings=settings))
+  learns: bool = True
 
 
 def _lpg(loaded) -> Choice:
@@ -146,7 +148,7 @@ ALGOS: dict[str, Algo] = {
                 kind_settings=lambda kind: A2C_DEFAULTS[kind],
                 with_settings=lambda choice, s: dataclasses.replace(choice, rule=A2CRule(s),
                                                                     settings=s)),
-    "random": Algo("the uniform random policy", _random),
+    "random": Algo("the uniform random policy", _random, learns=False),
     "mgrl": Algo("meta-gradient RL: A2C learning its gamma and lambda online (meta_test.mgrl)",
                  _mgrl, train=_mgrl_train, host=False),
     "ppo": Algo("proximal policy optimisation (meta_test.ppo; registered envs only)", _ppo,

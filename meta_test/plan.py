@@ -136,7 +136,8 @@ class RunPlan:
     run: agent, optimiser, hyperparameters and batch shape (``RunConfig``).
     seed: base random seed.
     hyper_sources: where the learning rate and alpha_y came from (``"artifact"``, ``"flag"``
-      or ``"default"``), written to ``summary.json``.
+      or ``"default"``; ``"<source> x <scale>"`` under ``--tune lr_scale``), written to
+      ``summary.json``.
   """
   source: EnvSource
   choice: Choice
@@ -245,12 +246,15 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
   host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here.
 
-  ``overrides`` (``lpg-report --tune``): ``lr``, ``num_envs``, ``rollout_len`` or a field
-  of the algorithm's settings (e.g. A2C's ``entropy_coef``) -> value; they win over flags.
+  ``overrides`` (``lpg-report --tune``): ``lr``, ``lr_scale``, ``num_envs``, ``rollout_len``
+  or a field of the algorithm's settings (e.g. A2C's ``entropy_coef``) -> value; they win over
+  flags.  ``lr_scale`` multiplies the step size the run would otherwise use (flag, artifact or
+  the kind's default), so one grid tunes a suite that mixes tabular SGD and network Adam agents.
   ``hidden`` (``--hidden``): MLP widths; without it see ``agent_widths``.
   """
   overrides = dict(overrides or {})
   learning_rate = overrides.pop("lr", learning_rate)
+  lr_scale = overrides.pop("lr_scale", 1.0)
   num_envs = overrides.pop("num_envs", num_envs)
   rollout_len = overrides.pop("rollout_len", rollout_len)
   _positive("--steps", steps)
@@ -258,6 +262,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   _positive("--num-envs", num_envs, allow_none=True)
   _positive("--rollout-len", rollout_len, allow_none=True)
   _positive("--lr", learning_rate, allow_none=True, whole=False)
+  _positive("--tune lr_scale", lr_scale, whole=False)
   if agent is not None and agent not in AGENT_KINDS:
     raise UserError(f"--agent must be one of {', '.join(AGENT_KINDS)}, got {agent!r}")
   if algo not in ALGOS:
@@ -290,7 +295,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                    fixed_b=num_envs is not None, fixed_t=rollout_len is not None)
   h = artifact_hypers(loaded_rule if ALGOS[algo].needs_rule else None, kind, learning_rate,
                       pick(None, "learning_rate", own.learning_rate))
-  lr = h["learning_rate"]
+  lr = h["learning_rate"] * float(lr_scale)
   choice = ALGOS[algo].with_settings(choice, with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
@@ -298,7 +303,9 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                   num_updates=max(1, math.ceil(int(steps) / (b * t))),
                   anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
-                 seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src})
+                 seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src}
+                 | ({"learning_rate": f"{h['sources']['learning_rate']} x {float(lr_scale):g}"}
+                    if float(lr_scale) != 1.0 else {}))
 
 
 MIN_UPDATES = 500     # [chosen] updates a default run gets at least, budget permitting
@@ -339,7 +346,7 @@ def with_overrides(settings: Any, overrides: dict, algo: str) -> Any:
   names = [f.name for f in dataclasses.fields(settings)] if settings is not None else []
   bad = sorted(set(overrides) - set(names))
   if bad:
-    raise UserError(f"--tune: {algo} has no setting {bad[0]!r}; choose lr, num_envs, "
+    raise UserError(f"--tune: {algo} has no setting {bad[0]!r}; choose lr, lr_scale, num_envs, "
                     f"rollout_len{''.join(', ' + n for n in names)}")
   try:
     return dataclasses.replace(settings, **overrides)

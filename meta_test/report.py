@@ -2,8 +2,10 @@
 
 ::
 
-  lpg-report --rule R --suite train|minatar|<comma list> --algos lpg,a2c[,random][,mgrl]
-             --steps N --seeds S --out DIR [--resume | --overwrite] [--debug]
+  lpg-report --rule [LABEL=]R [--rule ...] --suite train|minatar|<comma list>
+             --algos lpg,a2c[,random][,mgrl][,ppo] --steps N --seeds S --out DIR
+             [--tune NAME=V1,... [--algos lpg,lpg+tuned,a2c+tuned,...]]
+             [--resume | --overwrite] [--debug]
 
 Runs every (env, algo) with ``meta_test.run`` into ``DIR/runs/<env>/<algo>/``, then writes
 ``DIR/report.csv``, ``DIR/report.md`` (one row per (env, algo)), ``DIR/scores.png`` (bar
@@ -13,21 +15,34 @@ finished run only when its settings (steps, seeds, agent, hyperparameters, the a
 settings, the rule's checksum) match, and reruns it otherwise; ``--overwrite`` first removes
 the earlier report and its runs.
 
+Several rules (``--rule toy15=a.pkl --rule recipe=b.pkl``): every ``lpg`` entry of
+``--algos`` runs once per rule, as rows ``lpg:toy15`` and ``lpg:recipe`` (a label defaults to
+the file's stem; with one rule the row is plain ``lpg``).
+
+Tuning (``--tune``): without a ``+tuned`` entry every algorithm that learns (all but
+``random``) is tuned and keeps its name; with one, only the ``NAME+tuned`` entries are, so a
+report can hold an algorithm both ways (``--algos lpg,lpg+tuned,a2c+tuned,random``: the
+rule with its artifact's settings and tuned, A2C tuned).
+
 With ``--rule``, a ``role`` column says what each env was to the rule: ``train`` (it was
 meta-trained on it), ``validation`` (a held-out task that chose it: the best-validated
-rule is picked on it, so it is not a test of the rule) or ``test`` (neither).
+rule is picked on it, so it is not a test of the rule) or ``test`` (neither).  A rule's rows
+take that rule's role; the other rows the strongest role any of the rules gives the env.
 
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
 (``R / R_a2c``, when ``|R_a2c| > 0``) and, when a random row exists,
-``a2c_relative`` (``(R - R_random) / (R_a2c - R_random)``).
+``a2c_relative`` (``(R - R_random) / (R_a2c - R_random)``); ``R_a2c`` is the ``a2c+tuned``
+row's where the env has one (the stronger baseline), else the ``a2c`` row's.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from typing import Callable
@@ -47,6 +62,8 @@ SUITE_ALIASES = {"train": "all"}
 COLUMNS = ["env", "algo", "final_return_mean", "final_return_std", "normalised_score",
            "ratio_to_a2c", "a2c_relative", "seeds", "steps", "steps_per_s", "wall_time_s"]
 MANIFEST = "runs.json"
+TUNED = "+tuned"
+ROLE_ORDER = ("test", "validation", "train")   # weakest to strongest claim on an env
 OUTPUTS = ("runs", MANIFEST, "report.csv", "report.md", "scores.png", "curves.png")
 
 
@@ -80,8 +97,40 @@ def task_roles(loaded_rule) -> dict[str, str]:
   return roles
 
 
+def strongest_role(roles: list[dict[str, str]], env: str) -> str:
+  """The strongest role (train > validation > test) any of ``roles`` gives ``env``."""
+  return max((r.get(env, "test") for r in roles), key=ROLE_ORDER.index, default="test")
+
+
 def run_dir(out: str, env: str, algo: str) -> str:
-  return os.path.join(out, "runs", env_slug(env), algo)
+  """``out/runs/<env>/<algo>``; ``algo`` may be a row label (``lpg:toy15``, ``a2c+tuned``)."""
+  return os.path.join(out, "runs", env_slug(env), re.sub(r"[^A-Za-z0-9._+-]", "_", algo))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One row kind of the report: ``algo`` (an ``ALGOS`` name) shown as ``label``, tuned or
+  not, with the rule ``rule`` (a ``--rule`` path) where the algorithm needs one."""
+  algo: str
+  label: str
+  tuned: bool = False
+  rule: str | None = None
+
+
+def parse_rules(items: list[str] | None) -> list[tuple[str, str]]:
+  """``--rule`` values -> ``[(label, path)]``; ``LABEL=PATH`` or ``PATH`` (label: its stem)."""
+  rules = []
+  for item in items or []:
+    label, eq, path = item.partition("=")
+    if not eq or "/" in label or os.sep in label:
+      label, path = os.path.splitext(os.path.basename(item))[0], item
+    if not label or not path:
+      raise cli.UserError(f"--rule {item!r}: give PATH or LABEL=PATH")
+    rules.append((label, path))
+  labels = [r[0] for r in rules]
+  if len(set(labels)) < len(labels):
+    raise cli.UserError(f"--rule: label {labels[0]!r} is given twice; name them LABEL=PATH")
+  return rules
 
 
 # ------------------------------------------------------------------------ table
@@ -98,7 +147,8 @@ def load_summaries(out: str) -> list[dict]:
     d = os.path.join(out, entry["dir"])
     s = read_summary(d)
     if s is not None and s.get("settings_key") == entry["settings_key"]:
-      found.append(dict(s, dir=d, **({"role": entry["role"]} if "role" in entry else {})))
+      found.append(dict(s, dir=d, algo=entry.get("label", s.get("algo")),
+                        **({"role": entry["role"]} if "role" in entry else {})))
   return found
 
 
@@ -119,7 +169,7 @@ def build_table(summaries: list[dict]):
   by = {(r.env, r.algo): r.final_return_mean for r in df.itertuples()}
   ratio, rel = [], []
   for r in df.itertuples():
-    a2c = by.get((r.env, "a2c"), float("nan"))
+    a2c = by.get((r.env, "a2c" + TUNED), by.get((r.env, "a2c"), float("nan")))
     rnd = by.get((r.env, "random"), float("nan"))
     ratio.append(r.final_return_mean / a2c if np.isfinite(a2c) and abs(a2c) > 1e-8 else np.nan)
     denom = a2c - rnd
@@ -206,11 +256,15 @@ def write_report(out: str):
 # -------------------------------------------------------------------------- CLI
 def build_parser() -> cli.Parser:
   p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-  p.add_argument("--rule", help="rule artifact (.pkl); needed when --algos has lpg")
+  p.add_argument("--rule", action="append", metavar="[LABEL=]PATH",
+                 help="rule artifact (.pkl); needed when --algos has lpg; repeat it to compare "
+                      "rules (rows lpg:LABEL, LABEL defaulting to the file's stem)")
   p.add_argument("--suite", default="train",
                  help="train (15 meta-training envs), minatar, another envs.SUITES name, "
                       "or a comma-separated list of env names")
-  p.add_argument("--algos", default="lpg,a2c", help=f"comma list of {', '.join(ALGOS)}")
+  p.add_argument("--algos", default="lpg,a2c",
+                 help=f"comma list of {', '.join(ALGOS)}; NAME{TUNED} tunes only that entry "
+                      "(with --tune), so lpg,lpg+tuned reports the rule both ways")
   p.add_argument("--steps", type=cli.positive_int, default=1_000_000,
                  help="env steps per seed per run (default 1e6)")
   p.add_argument("--seeds", type=cli.positive_int, default=3)
@@ -226,7 +280,8 @@ def build_parser() -> cli.Parser:
   p.add_argument("--rollout-len", type=cli.positive_int, default=None)
   p.add_argument("--tune", action="append", metavar="NAME=V1,V2,...",
                  help="try these values per (env, algo) on tuning seeds, report the best on "
-                      "fresh seeds (repeatable; lr, num_envs, rollout_len or an algorithm "
+                      "fresh seeds (repeatable; lr, lr_scale (x the run's own step size), "
+                      "num_envs, rollout_len or an algorithm "
                       "setting such as entropy_coef)")
   p.add_argument("--tune-seeds", type=cli.positive_int, default=2,
                  help="seeds per tried value (default 2)")
@@ -235,22 +290,50 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def _parse_algos(text: str) -> list[str]:
-  algos = [a.strip() for a in text.split(",") if a.strip()]
-  if not algos:
+def parse_algos(text: str, rules: list[tuple[str, str]], tuning: bool) -> list[Entry]:
+  """``--algos`` -> the report's ``Entry`` list (see the module docstring for ``+tuned``
+  and several rules); ``UserError`` for unknown names, a ``+tuned`` without ``--tune``, a
+  tuned algorithm that does not learn, a repeated row or ``lpg`` without ``--rule``."""
+  tokens = [a.strip() for a in text.split(",") if a.strip()]
+  if not tokens:
     raise cli.UserError(f"--algos is empty; give a comma list of {', '.join(ALGOS)}")
-  for a in algos:
-    if a not in ALGOS:
-      raise cli.UserError(unknown_algo_message(a, "--algos"))
-  return algos
+  explicit = any(t.endswith(TUNED) for t in tokens)
+  if explicit and not tuning:
+    raise cli.UserError(f"--algos: a {TUNED} entry needs --tune NAME=V1,V2,... (the values "
+                        "to try)")
+  entries = []
+  for token in tokens:
+    name = token[:-len(TUNED)] if token.endswith(TUNED) else token
+    if name not in ALGOS:
+      raise cli.UserError(unknown_algo_message(name, "--algos"))
+    tuned = token.endswith(TUNED) if explicit else tuning and ALGOS[name].learns
+    if tuned and not ALGOS[name].learns:
+      raise cli.UserError(f"--algos {token}: {name} has nothing to tune; list it as {name}")
+    suffix = TUNED if explicit and tuned else ""
+    if not ALGOS[name].needs_rule:
+      entries.append(Entry(name, name + suffix, tuned))
+      continue
+    if not rules:
+      raise cli.UserError(f"--algos has {name}: pass --rule PATH (a rule artifact .pkl)")
+    for label, path in rules:
+      row = name if len(rules) == 1 else f"{name}:{label}"
+      entries.append(Entry(name, row + suffix, tuned, path))
+  labels = [e.label for e in entries]
+  if len(set(labels)) < len(labels):
+    twice = next(x for x in labels if labels.count(x) > 1)
+    raise cli.UserError(f"--algos lists {twice} twice; give each once")
+  return entries
 
 
 def make_plans(args) -> list[tuple]:
-  """Validates the command line; returns, for every (env, algo), a job ``(plan, tuning,
-  make)``: the ``RunPlan`` with default values, the tuning plans ``(values, plan)`` of
-  ``--tune`` (empty without it) and ``make(seeds, out, **make_plan_kwargs) -> RunPlan``."""
-  algos = _parse_algos(args.algos)
+  """Validates the command line; returns, for every (env, entry), a job ``(plan, tuning,
+  make, entry, role)``: the ``RunPlan`` with default values, the tuning plans ``(values,
+  plan)`` of ``--tune`` (empty for an entry not tuned), ``make(seeds, out,
+  **make_plan_kwargs) -> RunPlan``, the ``Entry`` and the env's role (None without
+  ``--rule``)."""
   tune = tune_lib.parse_tune(args.tune)
+  rules = parse_rules(args.rule)
+  entries = parse_algos(args.algos, rules, bool(tune))
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -258,29 +341,29 @@ def make_plans(args) -> list[tuple]:
   if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite):
     raise cli.UserError(f"--out {args.out} is not empty; pass --resume to continue it "
                         "or --overwrite to redo it")
-  if any(ALGOS[a].needs_rule for a in algos) and not args.rule:
-    raise cli.UserError("--algos has lpg: pass --rule PATH (a rule artifact .pkl)")
-  loaded = None
-  if args.rule:
-    from lpg.artifact import BUILDERS, load_rule
-    loaded = load_rule(args.rule, families=tuple(BUILDERS))
+  from lpg.artifact import BUILDERS, load_rule
+  loaded = {path: load_rule(path, families=tuple(BUILDERS)) for _, path in rules}
+  roles = {path: task_roles(rule) for path, rule in loaded.items()}
   jobs = []
   for env in resolve_suite(args.suite):
-    for algo in algos:
-      make = functools.partial(make_plan, env, algo, args.steps, rule_path=args.rule,
-                               agent=args.agent, loaded_rule=loaded, num_envs=args.num_envs,
-                               rollout_len=args.rollout_len, hidden=args.hidden)
-      plan = make(args.seeds, run_dir(args.out, env, algo))
+    for e in entries:
+      make = functools.partial(make_plan, env, e.algo, args.steps, rule_path=e.rule,
+                               agent=args.agent, loaded_rule=loaded.get(e.rule),
+                               num_envs=args.num_envs, rollout_len=args.rollout_len,
+                               hidden=args.hidden)
+      plan = make(args.seeds, run_dir(args.out, env, e.label))
       tuning = [(c, make(args.tune_seeds, tune_lib.tune_dir(plan.out, c), overrides=c,
-                         seed=tune_lib.TUNE_SEED)) for c in tune_lib.grid(tune)] if tune else []
-      jobs.append((plan, tuning, make))
+                         seed=tune_lib.TUNE_SEED)) for c in tune_lib.grid(tune)] if e.tuned else []
+      role = None if not rules else (roles[e.rule].get(env, "test") if e.rule
+                                     else strongest_role(list(roles.values()), env))
+      jobs.append((plan, tuning, make, e, role))
   return jobs
 
 
 def run_tuned(job, run: Callable[[RunPlan], dict], tag: str) -> tuple[RunPlan, dict]:
   """Runs the job's tuning plans; returns its plan remade with the best values (the
   report's own seeds, fresh) and those values."""
-  plan, tuning, make = job
+  plan, tuning, make = job[:3]
   scored = []
   for combo, p in tuning:
     s = run(p)
@@ -328,10 +411,10 @@ def _main(argv) -> int:
   out = cli.prepare_out_dir(args.out)   # created and proved writable before any training
   if args.overwrite:
     remove_report(out)
-  plans = []
+  manifest = []
   for i, job in enumerate(jobs):
-    plan = job[0]
-    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {plan.choice.algo}"
+    plan, _, _, entry, role = job
+    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {entry.label}"
     run = lambda p: _run_or_reuse(p, args, tag)
     chosen = None
     if job[1]:
@@ -341,15 +424,10 @@ def _main(argv) -> int:
       s["tuned"] = chosen
       write_json(os.path.join(plan.out, "summary.json"), s)
     print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
-    plans.append(plan)
-  roles = None
-  if args.rule:
-    from lpg.artifact import BUILDERS, load_rule
-    roles = task_roles(load_rule(args.rule, families=tuple(BUILDERS)))
-  write_json(os.path.join(out, MANIFEST),
-             [{"dir": os.path.relpath(p.out, args.out), "settings_key": p.settings_key(),
-               **({"role": roles.get(p.source.name, "test")} if roles is not None else {})}
-              for p in plans])
+    manifest.append({"dir": os.path.relpath(plan.out, args.out), "label": entry.label,
+                     "settings_key": plan.settings_key(),
+                     **({"role": role} if role is not None else {})})
+  write_json(os.path.join(out, MANIFEST), manifest)
   df = write_report(args.out)
   print(to_markdown(df))
   return cli.EXIT_OK

@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import pandas as pd
 import pytest
 
 from lpg.cli import UserError
@@ -31,6 +32,23 @@ def test_overrides_reach_the_algorithm_settings():
     make_plan("CartPole", "a2c", 1000, 1, "/x", overrides={"nosuch": 1})
 
 
+def test_lr_scale_multiplies_each_kinds_own_step_size():
+  """One grid for a suite mixing tabular SGD and network Adam agents."""
+  own = {env: make_plan(env, "a2c", 10_000, 1, "/x").run.learning_rate
+         for env in ("chain/short", "CartPole")}
+  tab = make_plan("chain/short", "a2c", 10_000, 1, "/x", overrides={"lr_scale": 0.25})
+  net = make_plan("CartPole", "a2c", 10_000, 1, "/x", overrides={"lr_scale": 4})
+  assert own["chain/short"] > 1 > own["CartPole"]        # SGD vs Adam step sizes
+  assert tab.run.learning_rate == pytest.approx(0.25 * own["chain/short"])
+  assert net.run.learning_rate == pytest.approx(4 * own["CartPole"])
+  assert net.hyper_sources["learning_rate"] == "default x 4"
+  flagged = make_plan("CartPole", "a2c", 10_000, 1, "/x", learning_rate=1e-2,
+                      overrides={"lr_scale": 0.5})
+  assert flagged.run.learning_rate == pytest.approx(5e-3)
+  with pytest.raises(UserError, match="lr_scale must be a positive"):
+    make_plan("CartPole", "a2c", 10_000, 1, "/x", overrides={"lr_scale": 0})
+
+
 def test_report_tune_picks_the_best_value_and_reports_fresh_seeds(tmp_path, capsys):
   """Rigged: lr 1e-9 cannot learn chain/short in 6400 steps, lr 40 does."""
   out = str(tmp_path / "rep")
@@ -48,3 +66,49 @@ def test_report_tune_picks_the_best_value_and_reports_fresh_seeds(tmp_path, caps
     assert (t["final_return_mean"] > 0.5) == learned
   assert "lr=40" in open(os.path.join(out, "report.md")).read()
   assert "tuned" in capsys.readouterr().out
+
+
+def test_algos_entries_tuned_and_several_rules():
+  """``+tuned`` marks the entries to tune; several rules give one lpg row each."""
+  rules = [("toy", "a.pkl"), ("new", "b.pkl")]
+  rows = report_lib.parse_algos("lpg,lpg+tuned,a2c+tuned,random", rules, tuning=True)
+  assert [(e.label, e.algo, e.tuned, e.rule) for e in rows] == [
+      ("lpg:toy", "lpg", False, "a.pkl"), ("lpg:new", "lpg", False, "b.pkl"),
+      ("lpg:toy+tuned", "lpg", True, "a.pkl"), ("lpg:new+tuned", "lpg", True, "b.pkl"),
+      ("a2c+tuned", "a2c", True, None), ("random", "random", False, None)]
+  # Without +tuned entries every learning algorithm is tuned and keeps its name.
+  rows = report_lib.parse_algos("lpg,a2c,random", rules[:1], tuning=True)
+  assert [(e.label, e.tuned) for e in rows] == [("lpg", True), ("a2c", True), ("random", False)]
+  for text, tuning, match in (("a2c+tuned", False, "needs --tune"),
+                              ("random+tuned", True, "nothing to tune"),
+                              ("a2c,a2c", False, "twice"), ("lpg", False, "--rule"),
+                              ("nosuch", False, "unknown")):
+    with pytest.raises(UserError, match=match):
+      report_lib.parse_algos(text, [] if text == "lpg" else rules, tuning)
+  assert report_lib.parse_rules(["x/lpg_toy15.pkl", "new=y/r.pkl"]) == [
+      ("lpg_toy15", "x/lpg_toy15.pkl"), ("new", "y/r.pkl")]
+  with pytest.raises(UserError, match="twice"):
+    report_lib.parse_rules(["a/r.pkl", "b/r.pkl"])
+  assert report_lib.strongest_role([{"e": "validation"}, {"e": "train"}, {}], "e") == "train"
+  assert report_lib.strongest_role([{}, {}], "e") == "test"
+
+
+def test_report_two_rules_tuned_rows_and_roles(tmp_path):
+  """One report: two rules (one validated on the env), A2C tuned, random; the table's
+  ratio uses the tuned A2C, each rule's row its own role."""
+  from tiny_rule import save_tiny_rule
+  a = save_tiny_rule(tmp_path / "a.pkl", envs=["chain/long"])
+  b = save_tiny_rule(tmp_path / "b.pkl", seed=1, validate_envs=["chain/short"])
+  out = str(tmp_path / "rep")
+  assert report_lib.main(["--rule", f"toy={a}", "--rule", b, "--suite", "chain/short",
+                          "--algos", "lpg,a2c+tuned,random", "--steps", "3200", "--seeds", "1",
+                          "--num-envs", "8", "--rollout-len", "20", "--tune", "lr_scale=0.5,1",
+                          "--tune-seeds", "1", "--quiet", "--out", out]) == 0
+  df = pd.read_csv(os.path.join(out, "report.csv")).set_index("algo")
+  assert sorted(df.index) == ["a2c+tuned", "lpg:b", "lpg:toy", "random"]
+  assert df.loc["lpg:toy", "role"] == "test" and df.loc["lpg:b", "role"] == "validation"
+  assert df.loc["random", "role"] == "validation"        # the strongest role of any rule
+  assert df.loc["a2c+tuned", "tuned"].startswith("lr_scale=")
+  assert df.loc["a2c+tuned", "ratio_to_a2c"] == pytest.approx(1.0)
+  assert os.path.isdir(os.path.join(out, "runs", "chain_short", "lpg_toy"))
+  assert not os.path.exists(os.path.join(out, "runs", "chain_short", "random", "tune"))
