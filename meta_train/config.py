@@ -351,6 +351,20 @@ PRESETS: dict[str, TrainConfig] = {
         validate_envs=("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
                        "CartPole"), validate_every=3, validate_updates=200, validate_seeds=2,
         meta_optimizer="es", es_population=16),
+    # The same recipe at the gpu scale, for the first accelerator run: the ablation's
+    # `esnorm` variant on its gpu scale (the gpu preset's LSTM-256 rule, 64 envs x 20 steps
+    # and 15 worlds; 128 members x 1 lifetime per world, N log-uniform in [50, 500]),
+    # validated every 10 generations on the cpu validation tasks plus two MinAtar games
+    # (tests/test_ablation.py checks it equals that variant but for checkpointing).
+    "recipe-gpu": TrainConfig(
+        envs=("all",), agents_per_env=32, num_updates=5000, lifetime_updates=500,
+        lifetime_updates_min=50,
+        rule=LPGConfig(hidden=256, signlog_reward=True, normalise_reward=True),
+        meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=64), meta_lr=1e-4,
+        checkpoint_every=10, log_every=10,
+        validate_envs=("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
+                       "CartPole", "Breakout", "SpaceInvaders"), validate_every=10,
+        validate_updates=800, validate_seeds=2, meta_optimizer="es", es_population=128),
 }
 
 # MetaGenRL (--family metagenrl; meta_train.metagenrl_job).  Agents' step sizes: one

@@ -152,12 +152,13 @@ def test_report_table_from_hand_made_metrics(tmp_path, capsys):
       "a": 1, "base": 0}
 
 
-def test_the_recipe_preset_is_the_winning_variant_at_cpu_scale():
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_the_recipe_preset_is_the_winning_variant_at_its_scale(scale):
   from meta_train import cli
   from meta_train.config import PRESETS
-  argv = ablation.train_args(ablation.SCALES["cpu"], ablation.VARIANTS["esnorm"], 0, "x", 900.0)
+  argv = ablation.train_args(ablation.SCALES[scale], ablation.VARIANTS["esnorm"], 0, "x", 900.0)
   config = cli.make_config(cli.build_parser().parse_args(argv))
-  preset = PRESETS["recipe-cpu"]
+  preset = PRESETS[f"recipe-{scale}"]
   # Equal but for how often it checkpoints (which changes no result).
   assert dataclasses.replace(config, checkpoint_every=preset.checkpoint_every) == (
       dataclasses.replace(preset, envs=cli.expand_envs(",".join(preset.envs))))
