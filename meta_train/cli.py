@@ -35,7 +35,7 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
          "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
-         "es_sigma", "family", "rule_inputs", "num_inner", "curriculum")
+         "es_sigma", "family", "rule_inputs", "num_inner", "num_envs", "curriculum")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
             "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma", "curriculum")
 
@@ -133,6 +133,10 @@ def _add_recipe_flags(p) -> None:
   p.add_argument("--num-inner", type=cli.positive_int, default=None,
                  help="K, inner updates differentiated through per meta-update (K > 5 "
                       "rematerialises them)")
+  p.add_argument("--num-envs", type=cli.positive_int, default=None,
+                 help="B, parallel envs of each training and validation agent (default: the "
+                      "preset's); fewer envs with longer lifetimes keep the agent-steps and "
+                      "give the rule more updates per lifetime")
   p.add_argument("--curriculum", choices=("off", "learnability", "regret"), default=None,
                  help="how procgen family envs in --envs draw each lifetime's level: level "
                       "replay by learnability or regret (default: the preset's, off)")
@@ -142,13 +146,13 @@ def recipe_value(config, flag: str):
   """The run's value of a flag that sets a nested config field (None: not such a flag)."""
   if flag == "rule_inputs":
     return tuple(n for n, f in RULE_INPUTS.items() if getattr(config.rule, f, False))
-  if flag == "num_inner":
-    return config.meta.num_inner
+  if flag in ("num_inner", "num_envs"):
+    return getattr(config.meta, flag)
   return None
 
 
 def recipe_overrides(args, config) -> dict:
-  """``TrainConfig`` overrides of ``--rule-inputs`` and ``--num-inner``."""
+  """``TrainConfig`` overrides of ``--rule-inputs``, ``--num-inner`` and ``--num-envs``."""
   out = {}
   if args.rule_inputs is not None:
     if not all(hasattr(config.rule, f) for f in RULE_INPUTS.values()):
@@ -160,6 +164,8 @@ def recipe_overrides(args, config) -> dict:
     out["meta"] = dataclasses.replace(
         config.meta, num_inner=args.num_inner,
         remat_inner=config.meta.remat_inner or args.num_inner > 5)
+  if args.num_envs is not None:
+    out["meta"] = dataclasses.replace(out.get("meta", config.meta), num_envs=args.num_envs)
   return out
 
 

@@ -1,4 +1,5 @@
-"""lpg-meta-train's recipe flags (FLAGS.md): --rule-inputs and --num-inner reach the config,
+"""lpg-meta-train's recipe flags (FLAGS.md): --rule-inputs, --num-inner and --num-envs reach
+the config,
 config.json and the rule artifact; bad values are one-line errors (exit 2, nothing written).
 
 K=20 with rematerialisation giving the same meta-gradient as without is
@@ -43,10 +44,16 @@ def test_num_inner_sets_k_and_rematerialises_long_k(k, remat):
   assert (meta.num_inner, meta.remat_inner, meta.rollout_len) == (k, remat, 20)
 
 
+def test_num_envs_sets_b_and_keeps_k():
+  meta = _config("--preset", "recipe-cpu", "--num-envs", "8", "--num-inner", "3").meta
+  assert (meta.num_envs, meta.num_inner, meta.rollout_len) == (8, 3, 20)
+  assert _config("--preset", "recipe-cpu").meta.num_envs == 32
+
+
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
   return _run_tiny(tmp_path_factory, 2, 2, "--rule-inputs", "signlog,normalise",
-                   "--num-inner", "4")
+                   "--num-inner", "4", "--num-envs", "2")
 
 
 def test_flags_are_recorded_in_config_json_and_the_artifact(recipe_run):
@@ -54,7 +61,7 @@ def test_flags_are_recorded_in_config_json_and_the_artifact(recipe_run):
   rule = load_rule(os.path.join(recipe_run, "rule.pkl")).config
   for c in (config["rule"], vars(rule)):
     assert {f for f in FIELDS if c[f]} == {"signlog_reward", "normalise_reward"}
-  assert config["meta"]["num_inner"] == 4
+  assert config["meta"]["num_inner"] == 4 and config["meta"]["num_envs"] == 2
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -63,6 +70,7 @@ def test_flags_are_recorded_in_config_json_and_the_artifact(recipe_run):
     (["--num-inner", "0"], "must be >= 1"),
     (["--num-inner", "x"], "is not a number"),
     (["--num-inner", "9"], "lifetime-updates (8) must be >= K (9)"),
+    (["--num-envs", "0"], "must be >= 1"),
 ])
 def test_bad_recipe_flags_one_line_exit_2(argv, needle, tmp_path, capsys):
   code = main(TINY + argv + ["--out", str(tmp_path / "o")])
@@ -75,6 +83,7 @@ def test_bad_recipe_flags_one_line_exit_2(argv, needle, tmp_path, capsys):
 @pytest.mark.parametrize("argv,needle", [
     (["--num-inner", "3"], "--num-inner 3 (the run has 4)"),
     (["--rule-inputs", "none"], "--rule-inputs none (the run has signlog,normalise)"),
+    (["--num-envs", "4"], "--num-envs 4 (the run has 2)"),
 ])
 def test_resume_refuses_another_recipe(recipe_run, argv, needle, capsys):
   assert main(["--out", recipe_run, "--resume", "--no-progress"] + argv) == 2
@@ -83,4 +92,4 @@ def test_resume_refuses_another_recipe(recipe_run, argv, needle, capsys):
 
 def test_resume_accepts_the_same_recipe(recipe_run, capsys):
   assert main(["--out", recipe_run, "--resume", "--no-progress", "--rule-inputs",
-               "normalise,signlog", "--num-inner", "4"]) == 0
+               "normalise,signlog", "--num-inner", "4", "--num-envs", "2"]) == 0
