@@ -5,8 +5,8 @@
   lpg-apply --rule artifact.pkl --env Breakout [--algo lpg|a2c|random|mgrl|ppo] [--steps N]
             [--seeds S] [--out DIR] [--agent tabular|mlp|conv] [--overwrite] [--debug]
 
-Writes ``DIR/summary.json``, ``DIR/curves.csv`` (step, seed, episode_return,
-episodes) and ``DIR/curve.png``; ``--compare a2c,ppo`` runs each listed algorithm into
+Writes ``DIR/summary.json``, ``DIR/curves.csv`` (step, seed, episode_return, episodes,
+policy entropy) and ``DIR/curve.png``; ``--compare a2c,ppo`` runs each listed algorithm into
 ``DIR/<algo>/`` and draws them all on the same axes in ``DIR/compare.png``.  ``--env`` is a registered name
 (``envs.list_envs()``, compiled end to end), ``atari/<Game>`` (ale-py, host
 loop) or ``package.module:factory`` returning a ``dm_env.Environment`` with

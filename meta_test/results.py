@@ -44,11 +44,12 @@ def final_returns(result: RunResult) -> tuple[np.ndarray, int]:
 
 
 def curve_frame(result: RunResult, max_points: int = MAX_CURVE_POINTS):
-  """Learning curves as a DataFrame: step, seed, episode_return, episodes.
+  """Learning curves as a DataFrame: step, seed, episode_return, episodes, entropy.
 
   Updates are grouped into at most ``max_points`` bins; ``episode_return`` is
   the mean return of the episodes finished in a bin (NaN if none), ``step``
-  the environment steps per seed at the bin's end.  Runs that learn
+  the environment steps per seed at the bin's end, ``entropy`` the mean policy
+  entropy (nats) of the bin's rollouts (how fast a rule makes its agents commit).  Runs that learn
   meta-parameters (mgrl) add one column per parameter (``gamma``, ``lambda``),
   its value at the bin's last update.
   """
@@ -57,14 +58,16 @@ def curve_frame(result: RunResult, max_points: int = MAX_CURVE_POINTS):
   s, u = m.episodes.shape
   edges = np.unique(np.linspace(0, u, min(u, max_points) + 1).round().astype(int))
   rows = []
+  entropy = np.asarray(m.entropy, np.float64)
   for a, b in zip(edges[:-1], edges[1:]):
     cnt = m.episodes[:, a:b].sum(1)
     ret = m.return_sum[:, a:b].sum(1)
+    ent = entropy[:, a:b].mean(1)
     for seed in range(s):
       rows.append((int(b) * result.steps_per_update, seed,
                    float(ret[seed] / cnt[seed]) if cnt[seed] > 0 else float("nan"),
-                   int(cnt[seed])))
-  df = pd.DataFrame(rows, columns=["step", "seed", "episode_return", "episodes"])
+                   int(cnt[seed]), float(ent[seed])))
+  df = pd.DataFrame(rows, columns=["step", "seed", "episode_return", "episodes", "entropy"])
   for name, values in m.meta_params.items():
     df[name] = [float(values[seed, b - 1]) for b in edges[1:] for seed in range(s)]
   return df

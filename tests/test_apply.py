@@ -61,7 +61,11 @@ def test_summary_contract(report_dir, rule_path, env, algo):
     assert s["rule"]["path"] is None and s["rule"]["checksum"] is None
   d = report_lib.run_dir(report_dir, env, algo)
   curves = pd.read_csv(os.path.join(d, "curves.csv"))
-  assert list(curves.columns[:3]) == ["step", "seed", "episode_return"]
+  assert list(curves.columns[:5]) == ["step", "seed", "episode_return", "episodes", "entropy"]
+  # Policy entropy lies in (0, log |A|] (a fresh tabular policy starts near log |A|).
+  import envs
+  assert (curves["entropy"] > 0).all()
+  assert (curves["entropy"] <= np.log(envs.make(env).num_actions) + 1e-5).all()
   assert set(curves["seed"]) == {0, 1}
   assert curves["step"].max() >= BUDGET[env]
   assert os.path.getsize(os.path.join(d, "curve.png")) > 1000

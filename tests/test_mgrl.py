@@ -183,7 +183,8 @@ def test_apply_mgrl_contract(tmp_path, capsys):
   assert all(0 < x < 1 for x in mp["gamma"] + mp["lambda"])
   assert s["rule"]["config"]["ref_gamma"] == 0.995
   curves = pd.read_csv(os.path.join(out, "curves.csv"))
-  assert list(curves.columns) == ["step", "seed", "episode_return", "episodes", "gamma", "lambda"]
+  assert list(curves.columns) == ["step", "seed", "episode_return", "episodes", "entropy",
+                                 "gamma", "lambda"]
   last = curves[curves["step"] == curves["step"].max()].sort_values("seed")
   np.testing.assert_allclose(last["gamma"], mp["gamma"], rtol=1e-6)
 
