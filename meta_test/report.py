@@ -31,7 +31,8 @@ take that rule's role; the other rows the strongest role any of the rules gives 
 
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
-(``R / R_a2c``, when ``|R_a2c| > 0``) and, when a random row exists,
+(``R / R_a2c``, when ``R_a2c > 0``: a ratio of negative returns, e.g. Acrobot's, means
+nothing) and, when a random row exists,
 ``a2c_relative`` (``(R - R_random) / (R_a2c - R_random)``); ``R_a2c`` is the ``a2c+tuned``
 row's where the env has one (the stronger baseline), else the ``a2c`` row's.
 """
@@ -171,7 +172,7 @@ def build_table(summaries: list[dict]):
   for r in df.itertuples():
     a2c = by.get((r.env, "a2c" + TUNED), by.get((r.env, "a2c"), float("nan")))
     rnd = by.get((r.env, "random"), float("nan"))
-    ratio.append(r.final_return_mean / a2c if np.isfinite(a2c) and abs(a2c) > 1e-8 else np.nan)
+    ratio.append(r.final_return_mean / a2c if np.isfinite(a2c) and a2c > 1e-8 else np.nan)
     denom = a2c - rnd
     rel.append((r.final_return_mean - rnd) / denom
                if np.isfinite(denom) and abs(denom) > 1e-8 else np.nan)

@@ -112,3 +112,15 @@ def test_report_two_rules_tuned_rows_and_roles(tmp_path):
   assert df.loc["a2c+tuned", "ratio_to_a2c"] == pytest.approx(1.0)
   assert os.path.isdir(os.path.join(out, "runs", "chain_short", "lpg_toy"))
   assert not os.path.exists(os.path.join(out, "runs", "chain_short", "random", "tune"))
+
+
+def test_table_ratio_only_for_positive_a2c_returns():
+  """Acrobot-like negative returns: no ratio (it would rank -500 above -91), the
+  random-relative score still; the tuned A2C row is the reference."""
+  rows = [dict(env="Acrobot", algo=a, final_return_mean=r, final_return_std=0.0)
+          for a, r in (("a2c", -150.0), ("a2c+tuned", -91.0), ("lpg", -500.0),
+                       ("random", -499.0))]
+  df = report_lib.build_table(rows).set_index("algo")
+  assert df["ratio_to_a2c"].isna().all()
+  assert df.loc["lpg", "a2c_relative"] == pytest.approx(-1 / 408)
+  assert df.loc["a2c+tuned", "a2c_relative"] == pytest.approx(1.0)
