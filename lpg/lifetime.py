@@ -88,8 +88,10 @@ def mean_returns(trace: LifetimeTrace) -> jax.Array:
 
 
 def fitness(trace: LifetimeTrace, window: float = 1.0,
-            reference: tuple[float, float] | None = None) -> jax.Array:
-  """One lifetime's score ``[...]``: normalised mean episode return over a window.
+            reference: tuple[float, float] | None = None, entropy_coef: float = 0.0,
+            max_entropy: float = 1.0) -> jax.Array:
+  """One lifetime's score ``[...]``: normalised mean episode return over a window, plus
+  an optional policy-entropy bonus.
 
   Args:
     trace: ``LifetimeTrace`` with ``[..., U]`` fields.
@@ -97,16 +99,24 @@ def fitness(trace: LifetimeTrace, window: float = 1.0,
       with ``n/N >= 1 - window``); 1 is the whole lifetime.
     reference: ``(optimal, random)`` returns; the score is
       ``(R - random) / (optimal - random)``; ``None`` leaves ``R`` raw.
+    entropy_coef: weight of the bonus ``entropy_coef * H / max_entropy``, ``H`` the mean
+      policy entropy of the window's updates (the trace needs ``diagnostics``); the
+      meta-gradient's entropy term for whole-lifetime ES, so that a rule is not rewarded
+      for agents that stop exploring.  0: no bonus.
+    max_entropy: ``log |A|``, so the bonus lies in ``[0, entropy_coef]`` in every world.
   """
   if not 0.0 < window <= 1.0:
     raise ValueError(f"fitness window must lie in (0, 1], got {window}")
   inside = trace.active * (trace.progress >= 1.0 - window - 1e-6)
   ret = jnp.sum(trace.return_sum * inside, -1) / jnp.maximum(jnp.sum(trace.episodes * inside, -1),
                                                               1.0)
-  if reference is None:
+  if reference is not None:
+    optimal, random = reference
+    ret = (ret - random) / (optimal - random)
+  if not entropy_coef:
     return ret
-  optimal, random = reference
-  return (ret - random) / (optimal - random)
+  ent = jnp.sum(trace.entropy * inside, -1) / jnp.maximum(jnp.sum(inside, -1), 1.0)
+  return ret + entropy_coef * ent / max_entropy
 
 
 class AgentStep(NamedTuple):
@@ -237,15 +247,18 @@ class World(NamedTuple):
     lifetime: from ``make_lifetime``.
     hypers: the agents' ``InnerHypers`` in this world.
     reference: ``(optimal, random)`` returns for normalisation, or ``None``.
+    max_entropy: ``log |A|`` of its actions (scales ``fitness``'s entropy bonus).
   """
   lifetime: Callable
   hypers: InnerHypers
   reference: tuple[float, float] | None
+  max_entropy: float = 1.0
 
 
 def mean_fitness(worlds: Sequence[World], rule_params: PyTree, key: jax.Array, planned=None,
-                 seeds: int = 1, window: float = 1.0) -> jax.Array:
-  """``[]`` mean over ``worlds`` (equal weight) and ``seeds`` lifetimes of ``fitness``.
+                 seeds: int = 1, window: float = 1.0, entropy_coef: float = 0.0) -> jax.Array:
+  """``[]`` mean over ``worlds`` (equal weight) and ``seeds`` lifetimes of ``fitness``
+  (with its entropy bonus of weight ``entropy_coef``: the lifetimes need ``diagnostics``).
 
   Each world's lifetimes draw their tasks and agents from ``fold_in(key, world)``;
   ``planned`` (N) is shared by all of them.  Pure; vmap it over rule parameters.
@@ -255,5 +268,6 @@ def mean_fitness(worlds: Sequence[World], rule_params: PyTree, key: jax.Array, p
     keys = jax.random.split(jax.random.fold_in(key, e), seeds)
     trace = jax.vmap(world.lifetime, (None, None, 0, None))(rule_params, world.hypers, keys,
                                                             planned)
-    total = total + jnp.mean(fitness(trace, window, world.reference))
+    total = total + jnp.mean(fitness(trace, window, world.reference, entropy_coef,
+                                     world.max_entropy))
   return total / len(worlds)

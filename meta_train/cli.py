@@ -35,9 +35,11 @@ CHANGEABLE = ("num_updates", "checkpoint_every", "log_every", "updates_per_call"
 FIXED = ("preset", "envs", "seed", "meta_lr", "agents_per_env", "agent_chunk", "init_rule",
          "validate_envs", "validate_every", "validate_updates", "validate_seeds",
          "lifetime_updates", "lifetime_updates_min", "meta_optimizer", "es_population",
-         "es_sigma", "family", "rule_inputs", "num_inner", "num_envs", "curriculum")
+         "es_sigma", "es_entropy_coef", "family", "rule_inputs", "num_inner", "num_envs",
+         "curriculum")
 NEW_RUN_ONLY = ("validate_every", "validate_updates", "validate_seeds", "lifetime_updates",
-            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma", "curriculum")
+            "lifetime_updates_min", "meta_optimizer", "es_population", "es_sigma",
+            "es_entropy_coef", "curriculum")
 
 
 # Counts of validation and lifetime length: (flag, type, help).
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="ES members per generation (even: antithetic pairs)")
   p.add_argument("--es-sigma", type=cli.finite_float, default=None,
                  help="ES perturbation scale (> 0)")
+  p.add_argument("--es-entropy-coef", type=cli.finite_float, default=None,
+                 help="ES fitness bonus for the agents' policy entropy / log|A| (>= 0; "
+                      "default 0: return only)")
   p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<time>)")
   p.add_argument("--resume", action="store_true", help="continue the run in --out")
   p.add_argument("--checkpoint-every", type=cli.nonnegative_int, default=None,

@@ -97,6 +97,10 @@ class TrainConfig:
     es_window: the final fraction of a lifetime whose returns make its fitness
       (1: the whole lifetime) [chosen: 1].
     es_seeds: lifetimes per training env in one member's fitness [chosen: 1].
+    es_entropy_coef: weight of a fitness bonus for the agents' mean policy entropy over
+      the window, divided by ``log |A|`` (``lpg.lifetime.fitness``): the meta-gradient
+      objective's entropy term (``MetaConfig.entropy_coef``) for ES, whose return-only
+      fitness rewards rules that make agents stop exploring early [chosen: 0, off].
     With ``es`` a generation counts as one meta-update; each member lives one
     lifetime of N updates per env and seed (N: ``lifetime_updates``, or drawn
     log-uniformly from ``[lifetime_updates_min, lifetime_updates]`` once per
@@ -149,6 +153,7 @@ class TrainConfig:
   es_lr: float = 1e-2
   es_window: float = 1.0
   es_seeds: int = 1
+  es_entropy_coef: float = 0.0
   family: str = "lpg"
   mgenrl: MetaGenRLTrainConfig | None = None
   curriculum: str = "off"
@@ -207,6 +212,9 @@ class TrainConfig:
       raise ValueError(f"es-window must lie in (0, 1], got {self.es_window}")
     if int(self.es_seeds) < 1:
       raise ValueError(f"es-seeds must be >= 1, got {self.es_seeds}")
+    if not (math.isfinite(self.es_entropy_coef) and self.es_entropy_coef >= 0):
+      raise ValueError(f"es-entropy-coef must be a finite number >= 0, got "
+                       f"{self.es_entropy_coef}")
 
   def _check_family(self):
     if self.family not in RULE_CONFIGS:

@@ -9,7 +9,8 @@ shares its checkpoints, validation, metrics, progress and artifact:
 * ``run(state, n) -> (state, ESMetrics[n])``: ``n`` generations
   (``meta_train.es.make_generation``) in one compiled scan; one generation is
   one meta-update.  Each member's fitness is ``lpg.lifetime.mean_fitness`` of
-  ``es_seeds`` whole lifetimes per training env; the generation's lifetime
+  ``es_seeds`` whole lifetimes per training env (with ``es_entropy_coef``, plus the
+  agents' normalised policy entropy); the generation's lifetime
   length N is drawn once (``sample_planned``) and shared by its members.
 
 The agents' inner hyperparameters are fixed (no bandit): per agent kind, the arm
@@ -79,8 +80,10 @@ def make_worlds(setup: MetaSetup) -> list[World]:
     env, agent, opt, _ = env_setup(name, c)
     arm = settings[validation.kind_of(name)]
     hypers = make_hypers(arm["learning_rate"], arm["alpha_y"], c.rule_gamma)
-    worlds.append(World(make_lifetime(env, setup.rule, agent, opt, life, diagnostics=False),
-                        hypers, ref))
+    # Entropy costs one more agent forward pass per update: recorded only when scored.
+    worlds.append(World(make_lifetime(env, setup.rule, agent, opt, life,
+                                      diagnostics=c.es_entropy_coef > 0),
+                        hypers, ref, float(np.log(max(env.num_actions, 2)))))
   return worlds
 
 
@@ -94,7 +97,8 @@ def make_es_train(config: TrainConfig, mesh=None) -> ESTrain:
   varied = bool(config.lifetime_updates_min)
 
   def fitness_fn(params, key, planned=None):
-    return mean_fitness(worlds, params, key, planned, config.es_seeds, config.es_window)
+    return mean_fitness(worlds, params, key, planned, config.es_seeds, config.es_window,
+                        config.es_entropy_coef)
 
   context_fn = ((lambda k: sample_planned(k, config.lifetime_updates_min,
                                           config.lifetime_updates)) if varied else None)

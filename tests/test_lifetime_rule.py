@@ -131,6 +131,21 @@ def test_fitness_window_and_normalisation():
     fitness(trace, window=0.0)
 
 
+def test_fitness_entropy_bonus_over_the_window_scaled_by_log_actions():
+  trace = LifetimeTrace(return_sum=jnp.array([0.0, 2.0, 6.0, 9.0]),
+                        episodes=jnp.array([0.0, 1.0, 2.0, 3.0]),
+                        progress=jnp.array([0.0, 0.25, 0.5, 0.75]),
+                        active=jnp.array([1.0, 1.0, 1.0, 0.0]),     # the last update skipped
+                        entropy=jnp.array([1.2, 0.9, 0.3, 5.0]), pi_hat_rms=jnp.zeros(4))
+  base = float(fitness(trace, reference=(5.0, 1.0)))                 # (8/3 - 1) / 4
+  assert base == pytest.approx((8.0 / 3.0 - 1.0) / 4.0)
+  bonus = float(fitness(trace, reference=(5.0, 1.0), entropy_coef=0.1, max_entropy=np.log(3)))
+  assert bonus == pytest.approx(base + 0.1 * (2.4 / 3) / np.log(3))
+  # Window 0.5: the updates at n/N >= 0.5 that ran: the third only.
+  late = float(fitness(trace, window=0.5, entropy_coef=0.1, max_entropy=2.0))
+  assert late == pytest.approx(3.0 + 0.1 * 0.3 / 2.0)
+
+
 def test_sample_planned_is_log_uniform_in_range():
   from lpg.lifetime import sample_planned
   n = np.asarray(jax.vmap(lambda k: sample_planned(k, 10, 250))(

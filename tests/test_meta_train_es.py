@@ -1,5 +1,6 @@
 """``lpg-meta-train --meta-optimizer es``: the ES path of the job (runs, resumes bit for bit,
 refuses bad values)."""
+import dataclasses
 import json
 import os
 
@@ -58,6 +59,7 @@ def test_es_resume_equals_uninterrupted_run_bit_for_bit(straight_run, tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["--es-sigma", "-0.1"], "es-sigma must be a finite number > 0"),
     (["--es-population", "5"], "es-population must be even"),
+    (["--es-entropy-coef", "-1"], "es-entropy-coef must be a finite number >= 0"),
 ])
 def test_bad_es_values_one_line_exit_2(argv, needle, tmp_path, capsys):
   out = str(tmp_path / "run")
@@ -111,3 +113,24 @@ def test_lifetime_aware_rule_trains_through_lpg_apply(straight_run, tmp_path):
                      "--out", out, "--quiet"]) == 0
   summary = json.load(open(os.path.join(out, "summary.json")))
   assert summary["algo"] == "lpg" and summary["hyperparameters"]["num_updates"] == 80
+
+
+def test_entropy_bonus_raises_the_fitness_of_the_same_generation(tmp_path):
+  """The same first generation (same keys) with and without the bonus: the bonus (weight 1,
+  normalised entropy in (0, 1]) lifts every member's fitness by at most 1."""
+  from meta_train.es_train import make_es_train
+  plain, bonus = (make_es_train(dataclasses.replace(PRESETS["es-tiny"], es_entropy_coef=c))
+                  for c in (0.0, 1.0))
+  _, m0 = plain.run(plain.init(0), 1)
+  _, m1 = bonus.run(bonus.init(0), 1)
+  gain = float(m1.fitness_mean[0] - m0.fitness_mean[0])
+  assert 0.0 < gain <= 1.0 + 1e-6
+  config = json.load(open(os.path.join(_run_with_bonus(tmp_path), "config.json")))["config"]
+  assert config["es_entropy_coef"] == 0.05
+
+
+def _run_with_bonus(tmp_path):
+  out = str(tmp_path / "bonus")
+  assert main(ES_TINY + ["--out", out, "--num-updates", "1", "--es-entropy-coef", "0.05",
+                         "--validate-every", "0"]) == 0
+  return out
