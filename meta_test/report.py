@@ -9,8 +9,8 @@
 
 Runs every (env, algo) with ``meta_test.run`` into ``DIR/runs/<env>/<algo>/``, then writes
 ``DIR/report.csv``, ``DIR/report.md`` (one row per (env, algo)), ``DIR/scores.png`` (bar
-chart), ``DIR/curves.png`` (learning-curve grid) and ``DIR/runs.json`` (the runs the report
-is made of).  A report contains only runs made with its own settings: ``--resume`` reuses a
+chart), ``DIR/curves.png`` (learning-curve grid), ``DIR/entropy.png`` (the agents' policy
+entropy, same grid) and ``DIR/runs.json`` (the runs the report is made of).  A report contains only runs made with its own settings: ``--resume`` reuses a
 finished run only when its settings (steps, seeds, agent, hyperparameters, the algorithm's
 settings, the rule's checksum) match, and reruns it otherwise; ``--overwrite`` first removes
 the earlier report and its runs.
@@ -65,7 +65,7 @@ COLUMNS = ["env", "algo", "final_return_mean", "final_return_std", "normalised_s
 MANIFEST = "runs.json"
 TUNED = "+tuned"
 ROLE_ORDER = ("test", "validation", "train")   # weakest to strongest claim on an env
-OUTPUTS = ("runs", MANIFEST, "report.csv", "report.md", "scores.png", "curves.png")
+OUTPUTS = ("runs", MANIFEST, "report.csv", "report.md", "scores.png", "curves.png", "entropy.png")
 
 
 def resolve_suite(suite: str) -> list[str]:
@@ -217,8 +217,9 @@ def plot_scores(df, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def plot_curves(summaries: list[dict], path: str) -> None:
-  """One subplot per env, one line (mean, min..max shading) per algo."""
+def plot_curves(summaries: list[dict], path: str, column: str = "episode_return") -> None:
+  """One subplot per env, one line (mean, min..max shading) per algo, of ``column`` of the
+  runs' ``curves.csv`` (runs without it are left out)."""
   from matplotlib.figure import Figure
   import pandas as pd
   env_names = sorted({s["env"] for s in summaries})
@@ -230,8 +231,11 @@ def plot_curves(summaries: list[dict], path: str) -> None:
   for ax, env in zip(axes.flat, env_names):
     for s in sorted((s for s in summaries if s["env"] == env), key=lambda s: s["algo"]):
       csv = os.path.join(s["dir"], "curves.csv")
-      if os.path.exists(csv):
-        plot_curve_on(ax, pd.read_csv(csv), label=s["algo"])
+      df = pd.read_csv(csv) if os.path.exists(csv) else None
+      if df is not None and column in df:
+        plot_curve_on(ax, pd.DataFrame({"step": df["step"], "seed": df["seed"],
+                                        "episode_return": df[column]}), label=s["algo"])
+        ax.set_ylabel(column.replace("_", " "))
     ax.set_title(env)
     ax.legend(fontsize=7)
   for ax in list(axes.flat)[n:]:
@@ -251,6 +255,7 @@ def write_report(out: str):
   if len(df):
     plot_scores(df, os.path.join(out, "scores.png"))
     plot_curves(summaries, os.path.join(out, "curves.png"))
+    plot_curves(summaries, os.path.join(out, "entropy.png"), column="entropy")
   return df
 
 

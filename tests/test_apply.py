@@ -90,7 +90,7 @@ def test_report_table(report_dir):
   assert roles == {"chain/short": "train", "tabular/dense": "validation"}   # marked in the table
   md = open(os.path.join(report_dir, "report.md")).read().splitlines()
   assert md[0].startswith("| env | role | algo |") and len(md) == 2 + 6
-  for name in ("scores.png", "curves.png"):
+  for name in ("scores.png", "curves.png", "entropy.png"):
     assert os.path.getsize(os.path.join(report_dir, name)) > 1000
 
 
