@@ -1,7 +1,7 @@
 """``lpg-ship``: a meta-training run's validated rule, packaged as a shipped artifact.
 
     lpg-ship --run runs/recipe --name lpg_recipe_cpu [--out artifacts] [--rule rule_best.pkl]
-             [--overwrite]
+             [--selected-on ENV,...] [--overwrite]
 
 Writes, into ``--out``:
 
@@ -18,6 +18,11 @@ Writes, into ``--out``:
   compressed), ``scores.png`` (training and validation scores per task) and
   ``meta_training.png`` (the population's mean normalised return, or an ES population's
   fitness).
+
+``--selected-on``: tasks on which this rule (or its run's recipe) was preferred to other
+candidates after meta-training (e.g. MinAtar games that decided between two runs); they are
+added to the artifact's ``validate_envs`` (so ``lpg-report`` marks them ``validation``, not
+``test``) and listed as ``selected_on``.
 
 Nothing is written before every input is checked; an existing ``NAME.pkl`` is refused
 without ``--overwrite``.  Exit 0 on success, 2 on bad input (one line, no traceback).
@@ -105,7 +110,8 @@ def _totals(lines: list[dict]) -> dict:
 
 
 def sidecar(name: str, record: dict, config, loaded, chosen: dict, line: dict | None,
-            lines: list[dict], sha256: str, rule_checksum: str) -> dict:
+            lines: list[dict], sha256: str, rule_checksum: str,
+            selected_on: tuple[str, ...] = ()) -> dict:
   """The ``NAME.json`` metadata (plain JSON); ``sha256`` of the file, ``rule_checksum``
   the artifact's own (``LoadedRule.checksum``)."""
   meta = loaded.metadata
@@ -114,7 +120,8 @@ def sidecar(name: str, record: dict, config, loaded, chosen: dict, line: dict | 
       "rule_checksum": rule_checksum,
       "command": meta.get("command"), "commands": meta.get("commands"),
       "git_commit": meta.get("git_commit"), "envs": list(config.envs),
-      "validate_envs": list(config.validate_envs),
+      "validate_envs": list(dict.fromkeys(list(config.validate_envs) + list(selected_on))),
+      "selected_on": list(selected_on),
       "validation_note": "the validate_envs chose this rule: they are not a test of it",
       "meta_optimizer": config.meta_optimizer, "rule_inputs": _rule_inputs(loaded.config),
       **_rule_progress(meta, line), "hardware": meta.get("hardware"),
@@ -143,12 +150,22 @@ def _write_train_dir(run: str, target: str) -> None:
   plots.plot_training(src, os.path.join(target, "meta_training.png"))
 
 
+def _check_envs(names: tuple[str, ...]) -> None:
+  import envs
+  for n in names:
+    try:
+      envs.make(n)
+    except ValueError as e:
+      raise UserError(f"--selected-on: {cli.one_line(e)}") from None
+
+
 def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
-         overwrite: bool = False) -> dict:
+         overwrite: bool = False, selected_on: tuple[str, ...] = ()) -> dict:
   """Writes the shipped rule, its metadata and its training record; returns the metadata."""
   from lpg.artifact import atomic_write, save_rule
   if not NAME.match(name):
     raise UserError(f"--name {name!r}: use letters, digits, - and _ (e.g. lpg_recipe_cpu)")
+  _check_envs(selected_on)
   record, config, loaded, lines = _load_run(run, rule_name)
   pkl = os.path.join(out, f"{name}.pkl")
   if os.path.exists(pkl) and not overwrite:
@@ -156,14 +173,15 @@ def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
   step = loaded.metadata.get("validated_at")
   chosen = _chosen(run, config, loaded, step)
   meta = dict(loaded.metadata, name=name, shipped_from=os.path.abspath(run),
-              validate_envs=list(config.validate_envs))
+              validate_envs=list(dict.fromkeys(list(config.validate_envs) + list(selected_on))),
+              selected_on=list(selected_on))
   os.makedirs(out, exist_ok=True)
   checksum = save_rule(pkl, loaded.params, loaded.config, meta, family=loaded.family,
             extras=dict(loaded.extras or {}, meta_test=chosen))
   with open(pkl, "rb") as f:
     sha = hashlib.sha256(f.read()).hexdigest()
   data = sidecar(name, record, config, loaded, chosen, _validation_line(lines, step), lines, sha,
-                 checksum)
+                 checksum, selected_on)
   atomic_write(os.path.join(out, f"{name}.json"), json.dumps(data, indent=2).encode())
   _write_train_dir(run, os.path.join(out, f"{name}_train"))
   return data
@@ -176,6 +194,9 @@ def build_parser() -> cli.Parser:
   p.add_argument("--out", default="artifacts", help="where to write (default artifacts)")
   p.add_argument("--rule", default="rule_best.pkl",
                  help="which rule of the run (default rule_best.pkl, the best-validated)")
+  p.add_argument("--selected-on", default="", metavar="ENV,...",
+                 help="tasks that chose this rule among candidates after meta-training; they "
+                      "are marked validation (not test) in every report")
   p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.pkl")
   p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
   return p
@@ -183,7 +204,8 @@ def build_parser() -> cli.Parser:
 
 def _main(argv) -> int:
   args = build_parser().parse_args(argv)
-  data = ship(args.run, args.name, args.out, args.rule, args.overwrite)
+  selected = tuple(n.strip() for n in args.selected_on.split(",") if n.strip())
+  data = ship(args.run, args.name, args.out, args.rule, args.overwrite, selected)
   v = data["validation"] or {}
   print(f"{PROG}: {os.path.join(args.out, data['file'])}: {data['meta_updates']} meta-updates, "
         f"validation score {v.get('score')} at meta-update {v.get('meta_update')}; meta-test "

@@ -277,6 +277,19 @@ def test_lpg_ship_packages_the_best_validated_rule(validated_run, tmp_path, caps
   assert ship.main(["--run", validated_run, "--name", "lpg_tiny", "--out", out]) == 2
   assert ship.main(["--run", validated_run, "--name", "../x", "--out", out]) == 2
   assert ship.main(["--run", str(tmp_path / "none"), "--name", "y", "--out", out]) == 2
+  assert ship.main(["--run", validated_run, "--name", "y", "--out", out,
+                    "--selected-on", "Brekout"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 3 and "--overwrite" in err[0] and "--name" in err[1] and "--run" in err[2]
+  assert len(err) == 4 and "--overwrite" in err[0] and "--name" in err[1] and "--run" in err[2]
+  assert "--selected-on" in err[3] and "Breakout" in err[3]          # the close match
   assert not os.path.exists(os.path.join(out, "y.pkl"))
+  # Tasks that chose among candidates after meta-training are marked validation.
+  from meta_test.report import task_roles
+  assert ship.main(["--run", validated_run, "--name", "z", "--out", out,
+                    "--selected-on", "Breakout,chain/long"]) == 0
+  z = load_rule(os.path.join(out, "z.pkl"))
+  assert z.metadata["validate_envs"] == ["chain/long", "Breakout"]
+  assert z.metadata["selected_on"] == ["Breakout", "chain/long"]
+  assert json.load(open(os.path.join(out, "z.json")))["selected_on"] == ["Breakout", "chain/long"]
+  assert task_roles(z) == {"chain/long": "validation", "Breakout": "validation",
+                           "chain/short": "train"}
