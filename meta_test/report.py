@@ -34,7 +34,9 @@ Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (``R / R_a2c``, when ``R_a2c > 0``: a ratio of negative returns, e.g. Acrobot's, means
 nothing) and, when a random row exists,
 ``a2c_relative`` (``(R - R_random) / (R_a2c - R_random)``); ``R_a2c`` is the ``a2c+tuned``
-row's where the env has one (the stronger baseline), else the ``a2c`` row's.
+row's where the env has one (the stronger baseline), else the ``a2c`` row's;
+``final_entropy``: the agents' mean policy entropy (nats) over the same final window (near 0:
+the agents stopped exploring).
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ from meta_test.run import execute
 PROG = "lpg-report"
 SUITE_ALIASES = {"train": "all"}
 COLUMNS = ["env", "algo", "final_return_mean", "final_return_std", "normalised_score",
-           "ratio_to_a2c", "a2c_relative", "seeds", "steps", "steps_per_s", "wall_time_s"]
+           "ratio_to_a2c", "a2c_relative", "final_entropy", "seeds", "steps", "steps_per_s",
+           "wall_time_s"]
 MANIFEST = "runs.json"
 TUNED = "+tuned"
 ROLE_ORDER = ("test", "validation", "train")   # weakest to strongest claim on an env

@@ -158,6 +158,7 @@ def summarise(plan: RunPlan, result: RunResult, wall_time_s: float) -> dict:
       "env_steps_per_seed": plan.num_updates * plan.run.steps_per_update,
       "seeds": plan.seeds, "final_return_mean": mean, "final_return_std": std,
       "final_return_per_seed": list(per_seed), "final_window_updates": int(window),
+      "final_entropy": float(np.mean(np.asarray(result.metrics.entropy)[:, -window:])),
       "normalised_score": normalised_score(plan.source.name, mean) if math.isfinite(mean) else None,
       "episodes": int(result.metrics.episodes.sum()),
       "rule": {"path": choice.path, "checksum": choice.checksum, "config": choice.settings_dict(),

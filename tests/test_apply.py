@@ -52,6 +52,7 @@ def test_summary_contract(report_dir, rule_path, env, algo):
   assert s["env"] == env and s["algo"] == algo and s["seeds"] == 2
   assert s["steps"] == BUDGET[env]
   assert np.isfinite(s["final_return_mean"]) and np.isfinite(s["final_return_std"])
+  assert 0 < s["final_entropy"] <= np.log(9) + 1e-5
   assert s["steps_per_s"] > 0 and s["wall_time_s"] > 0
   assert s["agent"]["kind"] == "tabular"
   assert s["hyperparameters"]["optimizer"] == "sgd"
