@@ -240,7 +240,8 @@ def plot_curves(summaries: list[dict], path: str, column: str = "episode_return"
                                         "episode_return": df[column]}), label=s["algo"])
         ax.set_ylabel(column.replace("_", " "))
     ax.set_title(env)
-    ax.legend(fontsize=7)
+    if ax.lines:
+      ax.legend(fontsize=7)
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   fig.tight_layout()
