@@ -107,6 +107,11 @@ VARIANTS: dict[str, Args] = {
     # ES with norm's inputs: the combination the first campaign pointed to, and the winner
     # of the second (artifacts/ablations/README.md; --preset recipe-cpu).
     "esnorm": (("--meta-optimizer", "es"), ("--rule-inputs", "signlog,normalise")),
+    # esnorm + an entropy bonus in the ES fitness: ES rules drive MinAtar agents' policy
+    # entropy to ~0 within ~500 updates and stop learning (artifacts/lpg_recipe_cpu_report/);
+    # 0.1 kept Breakout's entropy at 0.8 in a 100-generation fine-tune of lpg_recipe_cpu.
+    "esent": (("--meta-optimizer", "es"), ("--rule-inputs", "signlog,normalise"),
+              ("--es-entropy-coef", "0.1")),
     # The combination to confirm (edit here, or --define best='...'):
     "best": _CURRICULUM + (("--rule-inputs", "lifetime,signlog,normalise"),
                            ("--lifetime-updates-min", "{lifetime_min}")),
