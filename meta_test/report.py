@@ -10,10 +10,11 @@
 Runs every (env, algo) with ``meta_test.run`` into ``DIR/runs/<env>/<algo>/``, then writes
 ``DIR/report.csv``, ``DIR/report.md`` (one row per (env, algo)), ``DIR/scores.png`` (bar
 chart), ``DIR/curves.png`` (learning-curve grid), ``DIR/entropy.png`` (the agents' policy
-entropy, same grid) and ``DIR/runs.json`` (the runs the report is made of).  A report contains only runs made with its own settings: ``--resume`` reuses a
-finished run only when its settings (steps, seeds, agent, hyperparameters, the algorithm's
-settings, the rule's checksum) match, and reruns it otherwise; ``--overwrite`` first removes
-the earlier report and its runs.
+entropy, same grid) and ``DIR/runs.json`` (the runs the report is made of).  A report
+contains only runs made with its own settings: ``--resume`` reuses a finished run only when
+its settings (steps, seeds, agent, hyperparameters, the algorithm's settings, the rule's
+checksum) match, and reruns it otherwise; ``--overwrite`` first removes the earlier report
+and its runs.
 
 Several rules (``--rule toy15=a.pkl --rule recipe=b.pkl``): every ``lpg`` entry of
 ``--algos`` runs once per rule, as rows ``lpg:toy15`` and ``lpg:recipe`` (a label defaults to
@@ -48,7 +49,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -121,6 +122,27 @@ class Entry:
   rule: str | None = None
 
 
+def _repeated(names: list[str]) -> str | None:
+  """The first name that occurs twice in ``names``, or None."""
+  seen: set[str] = set()
+  for n in names:
+    if n in seen:
+      return n
+    seen.add(n)
+  return None
+
+
+class Job(NamedTuple):
+  """One (env, entry) of a report: its ``RunPlan`` with default values, the tuning plans
+  ``(values, plan)`` (empty for an entry not tuned), ``make(seeds, out, **make_plan_kwargs)
+  -> RunPlan``, the ``Entry`` and the env's role (None without ``--rule``)."""
+  plan: RunPlan
+  tuning: list
+  make: Callable
+  entry: Entry
+  role: str | None
+
+
 def parse_rules(items: list[str] | None) -> list[tuple[str, str]]:
   """``--rule`` values -> ``[(label, path)]``; ``LABEL=PATH`` or ``PATH`` (label: its stem)."""
   rules = []
@@ -131,9 +153,9 @@ def parse_rules(items: list[str] | None) -> list[tuple[str, str]]:
     if not label or not path:
       raise cli.UserError(f"--rule {item!r}: give PATH or LABEL=PATH")
     rules.append((label, path))
-  labels = [r[0] for r in rules]
-  if len(set(labels)) < len(labels):
-    raise cli.UserError(f"--rule: label {labels[0]!r} is given twice; name them LABEL=PATH")
+  twice = _repeated([r[0] for r in rules])
+  if twice is not None:
+    raise cli.UserError(f"--rule: label {twice!r} is given twice; name them LABEL=PATH")
   return rules
 
 
@@ -236,9 +258,7 @@ def plot_curves(summaries: list[dict], path: str, column: str = "episode_return"
       csv = os.path.join(s["dir"], "curves.csv")
       df = pd.read_csv(csv) if os.path.exists(csv) else None
       if df is not None and column in df:
-        plot_curve_on(ax, pd.DataFrame({"step": df["step"], "seed": df["seed"],
-                                        "episode_return": df[column]}), label=s["algo"])
-        ax.set_ylabel(column.replace("_", " "))
+        plot_curve_on(ax, df, label=s["algo"], column=column)
     ax.set_title(env)
     if ax.lines:
       ax.legend(fontsize=7)
@@ -328,19 +348,14 @@ def parse_algos(text: str, rules: list[tuple[str, str]], tuning: bool) -> list[E
     for label, path in rules:
       row = name if len(rules) == 1 else f"{name}:{label}"
       entries.append(Entry(name, row + suffix, tuned, path))
-  labels = [e.label for e in entries]
-  if len(set(labels)) < len(labels):
-    twice = next(x for x in labels if labels.count(x) > 1)
+  twice = _repeated([e.label for e in entries])
+  if twice is not None:
     raise cli.UserError(f"--algos lists {twice} twice; give each once")
   return entries
 
 
-def make_plans(args) -> list[tuple]:
-  """Validates the command line; returns, for every (env, entry), a job ``(plan, tuning,
-  make, entry, role)``: the ``RunPlan`` with default values, the tuning plans ``(values,
-  plan)`` of ``--tune`` (empty for an entry not tuned), ``make(seeds, out,
-  **make_plan_kwargs) -> RunPlan``, the ``Entry`` and the env's role (None without
-  ``--rule``)."""
+def make_plans(args) -> list[Job]:
+  """Validates the command line; returns a ``Job`` for every (env, entry)."""
   tune = tune_lib.parse_tune(args.tune)
   rules = parse_rules(args.rule)
   entries = parse_algos(args.algos, rules, bool(tune))
@@ -366,22 +381,21 @@ def make_plans(args) -> list[tuple]:
                          seed=tune_lib.TUNE_SEED)) for c in tune_lib.grid(tune)] if e.tuned else []
       role = None if not rules else (roles[e.rule].get(env, "test") if e.rule
                                      else strongest_role(list(roles.values()), env))
-      jobs.append((plan, tuning, make, e, role))
+      jobs.append(Job(plan, tuning, make, e, role))
   return jobs
 
 
-def run_tuned(job, run: Callable[[RunPlan], dict], tag: str) -> tuple[RunPlan, dict]:
+def run_tuned(job: Job, run: Callable[[RunPlan], dict], tag: str) -> tuple[RunPlan, dict]:
   """Runs the job's tuning plans; returns its plan remade with the best values (the
   report's own seeds, fresh) and those values."""
-  plan, tuning, make = job[:3]
   scored = []
-  for combo, p in tuning:
+  for combo, p in job.tuning:
     s = run(p)
     print(f"{tag} tune {tune_lib.combo_slug(combo)}: final return {s['final_return_mean']}",
           file=sys.stderr)
     scored.append((combo, s["final_return_mean"]))
   chosen = tune_lib.best(scored)
-  return make(plan.seeds, plan.out, overrides=chosen), chosen
+  return job.make(job.plan.seeds, job.plan.out, overrides=chosen), chosen
 
 
 def remove_report(out: str) -> None:
@@ -423,20 +437,20 @@ def _main(argv) -> int:
     remove_report(out)
   manifest = []
   for i, job in enumerate(jobs):
-    plan, _, _, entry, role = job
-    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {entry.label}"
+    plan = job.plan
+    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {job.entry.label}"
     run = lambda p: _run_or_reuse(p, args, tag)
     chosen = None
-    if job[1]:
+    if job.tuning:
       plan, chosen = run_tuned(job, run, tag)
     s = run(plan)
     if chosen is not None:
       s["tuned"] = chosen
       write_json(os.path.join(plan.out, "summary.json"), s)
     print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
-    manifest.append({"dir": os.path.relpath(plan.out, args.out), "label": entry.label,
+    manifest.append({"dir": os.path.relpath(plan.out, args.out), "label": job.entry.label,
                      "settings_key": plan.settings_key(),
-                     **({"role": role} if role is not None else {})})
+                     **({"role": job.role} if job.role is not None else {})})
   write_json(os.path.join(out, MANIFEST), manifest)
   df = write_report(args.out)
   print(to_markdown(df))

@@ -49,9 +49,9 @@ def curve_frame(result: RunResult, max_points: int = MAX_CURVE_POINTS):
   Updates are grouped into at most ``max_points`` bins; ``episode_return`` is
   the mean return of the episodes finished in a bin (NaN if none), ``step``
   the environment steps per seed at the bin's end, ``entropy`` the mean policy
-  entropy (nats) of the bin's rollouts (how fast a rule makes its agents commit).  Runs that learn
-  meta-parameters (mgrl) add one column per parameter (``gamma``, ``lambda``),
-  its value at the bin's last update.
+  entropy (nats) of the bin's rollouts (how fast a rule makes its agents commit).
+  Runs that learn meta-parameters (mgrl) add one column per parameter (``gamma``,
+  ``lambda``), its value at the bin's last update.
   """
   import pandas as pd
   m = result.metrics
@@ -80,9 +80,9 @@ def meta_params(result: RunResult) -> dict | None:
 
 
 # ------------------------------------------------------------------------ plots
-def plot_curve_on(ax, df, label=None) -> None:
-  """Mean over seeds and the min..max spread of a ``curve_frame`` on the axes ``ax``."""
-  g = df.groupby("step")["episode_return"]
+def plot_curve_on(ax, df, label=None, column: str = "episode_return") -> None:
+  """Mean over seeds and the min..max spread of a ``curve_frame``'s ``column`` on ``ax``."""
+  g = df.groupby("step")[column]
   # Bins where no episode ended (long episodes, e.g. Freeway) are NaN: drop
   # them so the curve connects the bins that have data.
   mean = g.mean().dropna()
@@ -90,7 +90,7 @@ def plot_curve_on(ax, df, label=None) -> None:
   line, = ax.plot(mean.index, mean.values, label=label, marker="." if len(mean) < 30 else None)
   ax.fill_between(mean.index, lo.values, hi.values, alpha=0.2, color=line.get_color())
   ax.set_xlabel("environment steps per seed")
-  ax.set_ylabel("episode return")
+  ax.set_ylabel(column.replace("_", " "))
 
 
 def plot_curve(df, path: str, title: str) -> None:

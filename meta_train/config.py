@@ -342,38 +342,38 @@ PRESETS: dict[str, TrainConfig] = {
         validate_envs=("Breakout", "SpaceInvaders", "CartPole"), validate_every=50,
         validate_updates=800, validate_seeds=2,
         meta_optimizer="es", es_population=128, es_seeds=1),
-    # The recipe the ablation picked (artifacts/ablations/README.md): ES over the cpu
-    # preset's 15 worlds and 64-wide rule with sign-log, normalised reward inputs, 16
-    # members x 1 lifetime per world, whole lifetimes of N log-uniform in [20, 100]
-    # updates, validated every 3 generations on the procgen validation levels and
-    # CartPole -- exactly the ablation's `esnorm` variant at cpu scale but for its
-    # checkpoint interval (tests/test_ablation.py checks), for runs longer than its budget.
-    "recipe-cpu": TrainConfig(
-        envs=("all",), agents_per_env=4, num_updates=3000, lifetime_updates=100,
-        lifetime_updates_min=20,
-        rule=LPGConfig(hidden=64, signlog_reward=True, normalise_reward=True),
-        meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=32), meta_lr=3e-4,
-        # An ES generation takes ~40 s on 2 cores: a checkpoint (and rule_best.pkl) every
-        # ~7 min, so a killed run loses little (the ablation's es runs saved every 100).
-        checkpoint_every=10, log_every=10,
-        validate_envs=("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
-                       "CartPole"), validate_every=3, validate_updates=200, validate_seeds=2,
-        meta_optimizer="es", es_population=16),
-    # The same recipe at the gpu scale, for the first accelerator run: the ablation's
-    # `esnorm` variant on its gpu scale (the gpu preset's LSTM-256 rule, 64 envs x 20 steps
-    # and 15 worlds; 128 members x 1 lifetime per world, N log-uniform in [50, 500]),
-    # validated every 10 generations on the cpu validation tasks plus two MinAtar games
-    # (tests/test_ablation.py checks it equals that variant but for checkpointing).
-    "recipe-gpu": TrainConfig(
-        envs=("all",), agents_per_env=32, num_updates=5000, lifetime_updates=500,
-        lifetime_updates_min=50,
-        rule=LPGConfig(hidden=256, signlog_reward=True, normalise_reward=True),
-        meta=MetaConfig(num_inner=5, rollout_len=20, num_envs=64), meta_lr=1e-4,
-        checkpoint_every=10, log_every=10,
-        validate_envs=("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
-                       "CartPole", "Breakout", "SpaceInvaders"), validate_every=10,
-        validate_updates=800, validate_seeds=2, meta_optimizer="es", es_population=128),
 }
+
+# The held-out validation tasks of the recipe ablation (meta_train.ablation): procgen
+# validation levels of the three training families, and CartPole.
+RECIPE_VALIDATION = ("procgen/tabular_val", "procgen/chain_val", "procgen/random_val",
+                     "CartPole")
+
+
+def recipe(base: TrainConfig, members: int, lifetimes: tuple[int, int],
+           validate_envs: tuple[str, ...], validate_every: int) -> TrainConfig:
+  """``base`` with the recipe the ablation picked (artifacts/ablations/README.md, variant
+  ``esnorm``): ES of ``members`` members x 1 whole lifetime per world, N log-uniform in
+  ``lifetimes`` (min, max) updates, sign-log normalised reward inputs, validated every
+  ``validate_every`` generations and checkpointed every 10 (a killed run loses little)."""
+  return dataclasses.replace(
+      base, rule=dataclasses.replace(base.rule, signlog_reward=True, normalise_reward=True),
+      meta_optimizer="es", es_population=members, lifetime_updates_min=lifetimes[0],
+      lifetime_updates=lifetimes[1], validate_envs=validate_envs,
+      validate_every=validate_every, checkpoint_every=10)
+
+
+PRESETS.update({
+    # The cpu preset with the recipe, for runs longer than the ablation's budget: 16
+    # members, N in [20, 100]; an ES generation takes ~40 s on 2 cores (a checkpoint and
+    # rule_best.pkl every ~7 min).  tests/test_ablation.py: equal to the ablation's
+    # `esnorm` variant at cpu scale but for the checkpoint interval.
+    "recipe-cpu": recipe(PRESETS["cpu"], 16, (20, 100), RECIPE_VALIDATION, 3),
+    # The gpu preset with the recipe, for the first accelerator run: 128 members, N in
+    # [50, 500], validated also on two MinAtar games (the same test at gpu scale).
+    "recipe-gpu": recipe(PRESETS["gpu"], 128, (50, 500),
+                         RECIPE_VALIDATION + ("Breakout", "SpaceInvaders"), 10),
+})
 
 # MetaGenRL (--family metagenrl; meta_train.metagenrl_job).  Agents' step sizes: one
 # candidate per kind [chosen: tabular SGD 10, as the tested tabular preset; network Adam

@@ -110,18 +110,17 @@ def _totals(lines: list[dict]) -> dict:
 
 
 def sidecar(name: str, record: dict, config, loaded, chosen: dict, line: dict | None,
-            lines: list[dict], sha256: str, rule_checksum: str,
-            selected_on: tuple[str, ...] = ()) -> dict:
+            lines: list[dict], sha256: str, rule_checksum: str) -> dict:
   """The ``NAME.json`` metadata (plain JSON); ``sha256`` of the file, ``rule_checksum``
-  the artifact's own (``LoadedRule.checksum``)."""
+  the artifact's own (``LoadedRule.checksum``); ``loaded`` the shipped rule (its metadata
+  holds the validation tasks, ``--selected-on`` included)."""
   meta = loaded.metadata
   return {
       "name": name, "file": f"{name}.pkl", "checksum_sha256": sha256,
       "rule_checksum": rule_checksum,
       "command": meta.get("command"), "commands": meta.get("commands"),
       "git_commit": meta.get("git_commit"), "envs": list(config.envs),
-      "validate_envs": list(dict.fromkeys(list(config.validate_envs) + list(selected_on))),
-      "selected_on": list(selected_on),
+      "validate_envs": meta["validate_envs"], "selected_on": meta.get("selected_on", []),
       "validation_note": "the validate_envs chose this rule: they are not a test of it",
       "meta_optimizer": config.meta_optimizer, "rule_inputs": _rule_inputs(loaded.config),
       **_rule_progress(meta, line), "hardware": meta.get("hardware"),
@@ -150,13 +149,15 @@ def _write_train_dir(run: str, target: str) -> None:
   plots.plot_training(src, os.path.join(target, "meta_training.png"))
 
 
-def _check_envs(names: tuple[str, ...]) -> None:
-  import envs
-  for n in names:
-    try:
-      envs.make(n)
-    except ValueError as e:
-      raise UserError(f"--selected-on: {cli.one_line(e)}") from None
+def selected_envs(spec: str) -> tuple[str, ...]:
+  """``--selected-on`` (env names or suites, comma list; empty: none) -> env names."""
+  from meta_train.cli import expand_envs
+  if not spec.strip():
+    return ()
+  try:
+    return expand_envs(spec, "--selected-on")
+  except ValueError as e:
+    raise UserError(f"--selected-on: {cli.one_line(e)}") from None
 
 
 def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
@@ -165,7 +166,6 @@ def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
   from lpg.artifact import atomic_write, save_rule
   if not NAME.match(name):
     raise UserError(f"--name {name!r}: use letters, digits, - and _ (e.g. lpg_recipe_cpu)")
-  _check_envs(selected_on)
   record, config, loaded, lines = _load_run(run, rule_name)
   pkl = os.path.join(out, f"{name}.pkl")
   if os.path.exists(pkl) and not overwrite:
@@ -173,15 +173,15 @@ def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
   step = loaded.metadata.get("validated_at")
   chosen = _chosen(run, config, loaded, step)
   meta = dict(loaded.metadata, name=name, shipped_from=os.path.abspath(run),
-              validate_envs=list(dict.fromkeys(list(config.validate_envs) + list(selected_on))),
+              validate_envs=list(dict.fromkeys((*config.validate_envs, *selected_on))),
               selected_on=list(selected_on))
   os.makedirs(out, exist_ok=True)
   checksum = save_rule(pkl, loaded.params, loaded.config, meta, family=loaded.family,
             extras=dict(loaded.extras or {}, meta_test=chosen))
   with open(pkl, "rb") as f:
     sha = hashlib.sha256(f.read()).hexdigest()
-  data = sidecar(name, record, config, loaded, chosen, _validation_line(lines, step), lines, sha,
-                 checksum, selected_on)
+  data = sidecar(name, record, config, loaded._replace(metadata=meta), chosen,
+                 _validation_line(lines, step), lines, sha, checksum)
   atomic_write(os.path.join(out, f"{name}.json"), json.dumps(data, indent=2).encode())
   _write_train_dir(run, os.path.join(out, f"{name}_train"))
   return data
@@ -195,7 +195,8 @@ def build_parser() -> cli.Parser:
   p.add_argument("--rule", default="rule_best.pkl",
                  help="which rule of the run (default rule_best.pkl, the best-validated)")
   p.add_argument("--selected-on", default="", metavar="ENV,...",
-                 help="tasks that chose this rule among candidates after meta-training; they "
+                 help="tasks (names or suites) that chose this rule among candidates after "
+                      "meta-training; they "
                       "are marked validation (not test) in every report")
   p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.pkl")
   p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
@@ -204,8 +205,8 @@ def build_parser() -> cli.Parser:
 
 def _main(argv) -> int:
   args = build_parser().parse_args(argv)
-  selected = tuple(n.strip() for n in args.selected_on.split(",") if n.strip())
-  data = ship(args.run, args.name, args.out, args.rule, args.overwrite, selected)
+  data = ship(args.run, args.name, args.out, args.rule, args.overwrite,
+              selected_envs(args.selected_on))
   v = data["validation"] or {}
   print(f"{PROG}: {os.path.join(args.out, data['file'])}: {data['meta_updates']} meta-updates, "
         f"validation score {v.get('score')} at meta-update {v.get('meta_update')}; meta-test "
