@@ -30,6 +30,10 @@ meta-trained on it), ``validation`` (a held-out task that chose it: the best-val
 rule is picked on it, so it is not a test of the rule) or ``test`` (neither).  A rule's rows
 take that rule's role; the other rows the strongest role any of the rules gives the env.
 
+``--jobs N`` runs N runs at a time in single-threaded worker processes
+(``meta_test.workers``): every tuning run first, a tuned row's reported run once its tuning
+runs are in; the report equals the one-process report (same seeds and choices).
+
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
 (``R / R_a2c``, when ``R_a2c > 0``: a ratio of negative returns, e.g. Acrobot's, means
@@ -41,6 +45,7 @@ the agents stopped exploring).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import functools
 import json
@@ -59,6 +64,7 @@ from meta_test.algos import ALGOS, unknown_algo_message
 from meta_test.plan import RunPlan, env_slug, make_plan
 from meta_test.results import plot_curve_on, read_summary, write_json
 from meta_test import tune as tune_lib
+from meta_test import workers as workers_lib
 from meta_test.run import execute
 
 PROG = "lpg-report"
@@ -315,6 +321,9 @@ def build_parser() -> cli.Parser:
                       "setting such as entropy_coef)")
   p.add_argument("--tune-seeds", type=cli.positive_int, default=2,
                  help="seeds per tried value (default 2)")
+  p.add_argument("--jobs", type=cli.positive_int, default=1,
+                 help="runs at the same time, each in its own single-threaded XLA process "
+                      "(default 1: one run on all cores); on a CPU host give the core count")
   p.add_argument("--quiet", action="store_true")
   p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
   return p
@@ -354,11 +363,9 @@ def parse_algos(text: str, rules: list[tuple[str, str]], tuning: bool) -> list[E
   return entries
 
 
-def make_plans(args) -> list[Job]:
-  """Validates the command line; returns a ``Job`` for every (env, entry)."""
-  tune = tune_lib.parse_tune(args.tune)
-  rules = parse_rules(args.rule)
-  entries = parse_algos(args.algos, rules, bool(tune))
+def check_out(args) -> None:
+  """``UserError`` unless ``--out`` may be written: a new or empty directory, or an earlier
+  report with ``--resume`` or ``--overwrite`` (not both)."""
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -366,6 +373,14 @@ def make_plans(args) -> list[Job]:
   if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite):
     raise cli.UserError(f"--out {args.out} is not empty; pass --resume to continue it "
                         "or --overwrite to redo it")
+
+
+def make_plans(args) -> list[Job]:
+  """Validates the command line (not ``--out``: ``check_out``); returns a ``Job`` for every
+  (env, entry)."""
+  tune = tune_lib.parse_tune(args.tune)
+  rules = parse_rules(args.rule)
+  entries = parse_algos(args.algos, rules, bool(tune))
   from lpg.artifact import BUILDERS, load_rule
   loaded = {path: load_rule(path, families=tuple(BUILDERS)) for _, path in rules}
   roles = {path: task_roles(rule) for path, rule in loaded.items()}
@@ -383,19 +398,6 @@ def make_plans(args) -> list[Job]:
                                      else strongest_role(list(roles.values()), env))
       jobs.append(Job(plan, tuning, make, e, role))
   return jobs
-
-
-def run_tuned(job: Job, run: Callable[[RunPlan], dict], tag: str) -> tuple[RunPlan, dict]:
-  """Runs the job's tuning plans; returns its plan remade with the best values (the
-  report's own seeds, fresh) and those values."""
-  scored = []
-  for combo, p in job.tuning:
-    s = run(p)
-    print(f"{tag} tune {tune_lib.combo_slug(combo)}: final return {s['final_return_mean']}",
-          file=sys.stderr)
-    scored.append((combo, s["final_return_mean"]))
-  chosen = tune_lib.best(scored)
-  return job.make(job.plan.seeds, job.plan.out, overrides=chosen), chosen
 
 
 def remove_report(out: str) -> None:
@@ -418,7 +420,7 @@ def reusable(plan: RunPlan) -> tuple[bool, str]:
   return True, "done already, reused"
 
 
-def _run_or_reuse(plan: RunPlan, args, tag: str) -> dict:
+def _run_or_reuse(plan: RunPlan, args, tag: str, progress: bool) -> dict:
   """The plan's summary: reused (``--resume`` and same settings) or freshly run."""
   done, why = reusable(plan) if args.resume else (False, "")
   if done:
@@ -426,28 +428,89 @@ def _run_or_reuse(plan: RunPlan, args, tag: str) -> dict:
     return read_summary(plan.out)
   if args.resume and why != "not finished":
     print(f"{tag}: {why}", file=sys.stderr)
-  return execute(plan, progress=not args.quiet)
+  return execute(plan, progress=progress)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed(argv: tuple[str, ...]):
+  """``(args, jobs)`` of a command line; cached, so a worker plans a report once."""
+  args = build_parser().parse_args(list(argv))
+  return args, make_plans(args)
+
+
+def run_task(argv: tuple[str, ...], index: int, tuning: int | None, chosen: dict | None,
+             progress: bool) -> dict:
+  """Runs one run of the report ``argv`` plans (in this process or a worker): job
+  ``index``'s tuning run number ``tuning``, or (``tuning`` None) its reported run, made with
+  the tuned values ``chosen`` where the job is tuned.  Returns the run's summary."""
+  args, jobs = _parsed(argv)
+  job = jobs[index]
+  tag = f"[{index + 1}/{len(jobs)}] {job.plan.source.name} {job.entry.label}"
+  if tuning is not None:
+    combo, plan = job.tuning[tuning]
+    tag += f" tune {tune_lib.combo_slug(combo)}"
+  else:
+    plan = job.plan if chosen is None else job.make(job.plan.seeds, job.plan.out,
+                                                     overrides=chosen)
+  return _run_or_reuse(plan, args, tag, progress)
+
+
+def run_jobs(argv: tuple[str, ...], jobs: list[Job], workers: int, progress: bool
+             ) -> list[tuple[dict, dict | None]]:
+  """Runs every job of the report (tuning runs first, each tuned job's reported run as soon
+  as its tuning runs are in), ``workers`` runs at a time; returns ``(summary, chosen)`` per
+  job, in order (``chosen``: the tuned values, None for a job not tuned)."""
+  results: dict[int, tuple[dict, dict | None]] = {}
+  scores: dict[int, list] = {i: [] for i in range(len(jobs))}
+  with workers_lib.pool(workers) as ex:
+    pending = {}
+
+    def submit(index, tuning=None, chosen=None):
+      f = ex.submit(run_task, argv, index, tuning, chosen, progress)
+      pending[f] = (index, tuning, chosen)
+
+    for i, job in enumerate(jobs):
+      for k in range(len(job.tuning)):
+        submit(i, tuning=k)
+    for i, job in enumerate(jobs):
+      if not job.tuning:
+        submit(i)
+    while pending:
+      done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+      for f in done:
+        i, k, chosen = pending.pop(f)
+        s = f.result()
+        job = jobs[i]
+        tag = f"[{i + 1}/{len(jobs)}] {job.plan.source.name} {job.entry.label}"
+        if k is None:
+          results[i] = (s, chosen)
+          print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
+          continue
+        combo = job.tuning[k][0]
+        print(f"{tag} tune {tune_lib.combo_slug(combo)}: final return "
+              f"{s['final_return_mean']}", file=sys.stderr)
+        scores[i].append((k, combo, s["final_return_mean"]))
+        if len(scores[i]) == len(job.tuning):   # in grid order, so ties break as before
+          ordered = [(c, r) for _, c, r in sorted(scores[i], key=lambda t: t[0])]
+          submit(i, chosen=tune_lib.best(ordered))
+  return [results[i] for i in range(len(jobs))]
 
 
 def _main(argv) -> int:
-  args = build_parser().parse_args(argv)
-  jobs = make_plans(args)
+  _parsed.cache_clear()   # plan afresh on every call (a test may call main twice)
+  args, jobs = _parsed(tuple(argv))
+  check_out(args)
   out = cli.prepare_out_dir(args.out)   # created and proved writable before any training
   if args.overwrite:
     remove_report(out)
+  progress = not args.quiet and args.jobs == 1   # workers' progress bars would interleave
   manifest = []
-  for i, job in enumerate(jobs):
+  for job, (s, chosen) in zip(jobs, run_jobs(tuple(argv), jobs, args.jobs, progress)):
     plan = job.plan
-    tag = f"[{i + 1}/{len(jobs)}] {plan.source.name} {job.entry.label}"
-    run = lambda p: _run_or_reuse(p, args, tag)
-    chosen = None
-    if job.tuning:
-      plan, chosen = run_tuned(job, run, tag)
-    s = run(plan)
     if chosen is not None:
+      plan = job.make(plan.seeds, plan.out, overrides=chosen)
       s["tuned"] = chosen
       write_json(os.path.join(plan.out, "summary.json"), s)
-    print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
     manifest.append({"dir": os.path.relpath(plan.out, args.out), "label": job.entry.label,
                      "settings_key": plan.settings_key(),
                      **({"role": job.role} if job.role is not None else {})})

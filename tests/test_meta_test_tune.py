@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -124,3 +125,32 @@ def test_table_ratio_only_for_positive_a2c_returns():
   assert df["ratio_to_a2c"].isna().all()
   assert df.loc["lpg", "a2c_relative"] == pytest.approx(-1 / 408)
   assert df.loc["a2c+tuned", "a2c_relative"] == pytest.approx(1.0)
+
+
+def test_single_thread_flags_keep_the_users_own():
+  from meta_test.workers import single_thread_flags
+  assert single_thread_flags("") == ("--xla_cpu_multi_thread_eigen=false "
+                                     "intra_op_parallelism_threads=1")
+  mine = "--a=1 intra_op_parallelism_threads=2"
+  assert single_thread_flags(mine) == mine + " --xla_cpu_multi_thread_eigen=false"
+
+
+def test_report_jobs_runs_side_by_side_and_gives_the_same_report(tmp_path):
+  """``--jobs 2``: tuning runs and reported runs in two single-threaded worker processes;
+  the same tuned values and returns as one process, the manifest in --algos order (the
+  tuned row finishes last)."""
+  argv = ["--suite", "chain/short", "--algos", "random,a2c+tuned", "--steps", "3200",
+          "--seeds", "2", "--num-envs", "8", "--rollout-len", "20", "--tune", "lr=1e-9,40",
+          "--tune-seeds", "1", "--quiet"]
+  tables = {}
+  for jobs in (1, 2):
+    out = str(tmp_path / f"jobs{jobs}")
+    assert report_lib.main([*argv, "--jobs", str(jobs), "--out", out]) == 0
+    tables[jobs] = pd.read_csv(os.path.join(out, "report.csv"))
+    labels = [e["dir"] for e in json.load(open(os.path.join(out, "runs.json")))]
+    assert labels == [os.path.join("runs", "chain_short", a) for a in ("random", "a2c+tuned")]
+  one, two = tables[1], tables[2]
+  assert list(one["tuned"].fillna("")) == list(two["tuned"].fillna(""))
+  assert "lr=40" in list(two["tuned"])
+  np.testing.assert_allclose(one["final_return_mean"], two["final_return_mean"], rtol=1e-4,
+                             atol=1e-4)
