@@ -341,3 +341,35 @@ class LPGRule(UpdateRule):
       return loss, {"pg": pg, "kl_y": kl}
     v_loss = jnp.mean(jnp.square(agent_out.heads["v"][:-1] - targets.extras["returns"]))
     return loss + self.config.value_coef * v_loss, {"pg": pg, "kl_y": kl, "value_loss": v_loss}
+
+
+# ------------------------------------------------------- an entropy bonus at meta-test
+class EntropyBonus(UpdateRule):
+  """``rule`` whose agent loss also subtracts ``coef`` x the policy's mean entropy.
+
+  Meta-test only (``lpg-apply --entropy-bonus``): not part of any discovered rule.  A rule
+  meta-trained on short lifetimes can drive its agents' policies to near-determinism long
+  before a MinAtar-length run ends (the agents then stop exploring); the bonus is the
+  hand-designed counterweight A2C carries (``entropy_coef``), here added to a learned rule so
+  that its effect can be measured.  Targets, heads and parameters are ``rule``'s own.
+  """
+
+  def __init__(self, rule: UpdateRule, coef: float):
+    if not coef >= 0:
+      raise ValueError(f"entropy bonus must be >= 0, got {coef}")
+    self.rule, self.coef = rule, float(coef)
+    self.name, self.needs_progress = rule.name, rule.needs_progress
+
+  def head_sizes(self):
+    return self.rule.head_sizes()
+
+  def init(self, key):
+    return self.rule.init(key)
+
+  def targets(self, params, rollout, agent_out, hypers, **kwargs):
+    return self.rule.targets(params, rollout, agent_out, hypers, **kwargs)
+
+  def agent_loss(self, agent_out, targets, rollout, hypers):
+    loss, metrics = self.rule.agent_loss(agent_out, targets, rollout, hypers)
+    entropy = jnp.mean(entropy_from_logits(agent_out.logits[:-1]))
+    return loss - self.coef * entropy, dict(metrics, entropy_bonus=self.coef * entropy)

@@ -59,6 +59,9 @@ def build_parser() -> cli.Parser:
                  help="parallel envs per seed (64)")
   p.add_argument("--rollout-len", type=cli.positive_int, default=None,
                  help="steps per update (20)")
+  p.add_argument("--entropy-bonus", type=cli.nonnegative_float, default=0.0, metavar="C",
+                 help="learned rules only: the agents also ascend C x their policy entropy "
+                      "(a hand-set regulariser beside the rule; default 0, the rule alone)")
   p.add_argument("--seed", type=cli.integer, default=0, help="base random seed")
   p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -83,7 +86,10 @@ def _main(argv) -> int:
   plans = [make_plan(args.env, algo, args.steps, args.seeds,
                      os.path.join(out, algo) if algos else out, rule_path=args.rule,
                      agent=args.agent, num_envs=args.num_envs, rollout_len=args.rollout_len,
-                     learning_rate=args.lr, seed=args.seed, hidden=args.hidden)
+                     learning_rate=args.lr, seed=args.seed, hidden=args.hidden,
+                     entropy_bonus=args.entropy_bonus if not algos
+                     or getattr(ALGOS.get(algo), "needs_rule", False) else 0.0)
+           # with --compare the bonus goes to the learned rules only
            for algo in (algos or [args.algo])]
   if os.path.isdir(out) and not cli.is_empty_dir(out) and not args.overwrite:
     raise cli.UserError(f"--out {out} is not empty; pass --overwrite to replace its results "

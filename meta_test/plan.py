@@ -18,6 +18,7 @@ from typing import Any, Callable
 import envs
 from lpg.cli import UserError, one_line
 from lpg.networks import AGENT_KINDS, AgentConfig, make_agent_network
+from lpg.rule import EntropyBonus
 from lpg.update import OptimizerConfig
 from meta_test import host as host_lib
 from meta_test.algos import ALGOS, Choice, make_choice
@@ -177,7 +178,8 @@ def hyperparameters(plan: RunPlan) -> dict:
   return {"optimizer": r.optimizer.name, "learning_rate": r.learning_rate,
           "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
           "num_envs": r.num_envs, "rollout_len": r.rollout_len, "num_updates": r.num_updates,
-          "seed": plan.seed} | ({"anneal_lr": True} if r.anneal_lr else {})
+          "seed": plan.seed} | ({"anneal_lr": True} if r.anneal_lr else {}) | (
+              {"entropy_bonus": r.entropy_bonus} if r.entropy_bonus else {})
 
 
 def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) -> None:
@@ -242,7 +244,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
               agent: str | None = None, loaded_rule=None, num_envs: int | None = None,
               rollout_len: int | None = None, learning_rate: float | None = None,
               seed: int = 0, overrides: dict | None = None,
-              hidden: tuple[int, ...] | None = None) -> RunPlan:
+              hidden: tuple[int, ...] | None = None, entropy_bonus: float = 0.0) -> RunPlan:
   """Validates every input and returns the ``RunPlan``; ``UserError`` (or the artifact's and
   host's own one-line errors) on bad input.  Writes nothing; ``out`` is not checked here.
 
@@ -251,12 +253,15 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   flags.  ``lr_scale`` multiplies the step size the run would otherwise use (flag, artifact or
   the kind's default), so one grid tunes a suite that mixes tabular SGD and network Adam agents.
   ``hidden`` (``--hidden``): MLP widths; without it see ``agent_widths``.
+  ``entropy_bonus`` (``--entropy-bonus``, tunable as ``entropy_bonus``): a learned rule's
+  agents also ascend this x their policy entropy (``lpg.rule.EntropyBonus``).
   """
   overrides = dict(overrides or {})
   learning_rate = overrides.pop("lr", learning_rate)
   lr_scale = overrides.pop("lr_scale", 1.0)
   num_envs = overrides.pop("num_envs", num_envs)
   rollout_len = overrides.pop("rollout_len", rollout_len)
+  entropy_bonus = float(overrides.pop("entropy_bonus", entropy_bonus))
   _positive("--steps", steps)
   _positive("--seeds", seeds)
   _positive("--num-envs", num_envs, allow_none=True)
@@ -271,6 +276,13 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
     from lpg.artifact import BUILDERS, load_rule
     loaded_rule = load_rule(rule_path, families=tuple(BUILDERS))
   choice = make_choice(algo, loaded_rule, rule_path)
+  if entropy_bonus:
+    if not (math.isfinite(entropy_bonus) and entropy_bonus > 0):
+      raise UserError(f"--entropy-bonus must be a finite number >= 0, got {entropy_bonus}")
+    if not ALGOS[algo].needs_rule:
+      raise UserError(f"--entropy-bonus is for learned rules (--algo lpg); {algo} has its own "
+                      "settings (A2C and PPO: entropy_coef)")
+    choice = dataclasses.replace(choice, rule=EntropyBonus(choice.rule, entropy_bonus))
   source = resolve_env(env)
   if source.host and not ALGOS[algo].host:
     raise UserError(f"--algo {algo} needs a registered (compiled) environment, got {env!r}")
@@ -301,7 +313,8 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
                   learning_rate=lr, alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
                   num_updates=max(1, math.ceil(int(steps) / (b * t))),
-                  anneal_lr=bool(getattr(settings, "anneal_lr", False)))
+                  anneal_lr=bool(getattr(settings, "anneal_lr", False)),
+                  entropy_bonus=entropy_bonus)
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
                  seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src}
                  | ({"learning_rate": f"{h['sources']['learning_rate']} x {float(lr_scale):g}"}

@@ -74,3 +74,40 @@ def test_rule_never_sees_observations():
   """The rule's inputs carry no observation or action fields."""
   assert set(LPGInputs._fields) == {"reward", "done", "gamma", "pi_a", "y", "y_next",
                                     "progress", "log_planned", "advantage", "td_error"}
+
+
+def test_entropy_bonus_subtracts_coef_times_mean_entropy(rule_and_params):
+  """``EntropyBonus``: the rule's own targets, its loss minus coef x the mean policy entropy
+  over the rollout's T steps (hand-computed), and its gradient moves towards uniform."""
+  from lpg.rule import EntropyBonus, make_hypers
+  from lpg.types import AgentOutputs, Rollout
+  rule, params = rule_and_params
+  ks = jax.random.split(jax.random.PRNGKey(3), 4)
+  rollout = Rollout(obs=jnp.zeros((T + 1, B), jnp.int32),
+                    actions=jax.random.randint(ks[0], (T, B), 0, 3),
+                    rewards=jax.random.normal(ks[1], (T, B)),
+                    terminated=jnp.zeros((T, B), bool), truncated=jnp.zeros((T, B), bool))
+  out = AgentOutputs(logits=jax.random.normal(ks[2], (T + 1, B, 3)),
+                     heads={"y": jax.random.normal(ks[3], (T + 1, B, M))})
+  hypers = make_hypers(1.0)
+  wrapped = EntropyBonus(rule, 0.1)
+  assert wrapped.head_sizes() == rule.head_sizes() and not wrapped.needs_progress
+  targets = rule.targets(params, rollout, out, hypers)
+  np.testing.assert_array_equal(wrapped.targets(params, rollout, out, hypers).pi_hat,
+                                targets.pi_hat)
+  base, _ = rule.agent_loss(out, targets, rollout, hypers)
+  loss, metrics = wrapped.agent_loss(out, targets, rollout, hypers)
+  p = np.asarray(jax.nn.softmax(out.logits[:-1]))
+  entropy = float(np.mean(-np.sum(p * np.log(p), -1)))
+  np.testing.assert_allclose(loss, base - 0.1 * entropy, rtol=1e-5)
+  np.testing.assert_allclose(metrics["entropy_bonus"], 0.1 * entropy, rtol=1e-5)
+  # Only the bonus: its descent direction raises the entropy of a peaked policy.
+  peaked = AgentOutputs(logits=jnp.zeros((T + 1, B, 3)).at[..., 0].set(3.0), heads=out.heads)
+  bonus = lambda logits: (EntropyBonus(rule, 1.0).agent_loss(peaked._replace(logits=logits),
+                                                             targets, rollout, hypers)[0]
+                          - rule.agent_loss(peaked._replace(logits=logits), targets, rollout,
+                                            hypers)[0])
+  g = jax.grad(bonus)(peaked.logits)
+  assert float(g[:-1, :, 0].mean()) > 0 > float(g[:-1, :, 1].mean())   # descent lowers the peak
+  with pytest.raises(ValueError, match=">= 0"):
+    EntropyBonus(rule, -1.0)

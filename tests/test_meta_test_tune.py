@@ -154,3 +154,22 @@ def test_report_jobs_runs_side_by_side_and_gives_the_same_report(tmp_path):
   assert "lr=40" in list(two["tuned"])
   np.testing.assert_allclose(one["final_return_mean"], two["final_return_mean"], rtol=1e-4,
                              atol=1e-4)
+
+
+def test_entropy_bonus_wraps_the_rule_and_enters_the_settings_only_when_set(tmp_path):
+  """``entropy_bonus`` (flag or ``--tune``): the learned rule is wrapped, the value recorded;
+  at 0 the plan and its settings key are those of a run without the option."""
+  from tiny_rule import save_tiny_rule
+  from lpg.rule import EntropyBonus
+  rule = save_tiny_rule(tmp_path / "r.pkl", envs=["chain/long"])
+  plain = make_plan("chain/short", "lpg", 3200, 1, "/x", rule_path=str(rule))
+  zero = make_plan("chain/short", "lpg", 3200, 1, "/x", rule_path=str(rule), entropy_bonus=0.0)
+  tuned = make_plan("chain/short", "lpg", 3200, 1, "/x", rule_path=str(rule),
+                    overrides={"entropy_bonus": 0.02})
+  assert zero.settings_key() == plain.settings_key()
+  assert "entropy_bonus" not in plain.settings()["hyperparameters"]
+  assert not isinstance(plain.choice.rule, EntropyBonus)
+  assert isinstance(tuned.choice.rule, EntropyBonus) and tuned.choice.rule.coef == 0.02
+  assert tuned.settings()["hyperparameters"]["entropy_bonus"] == 0.02
+  with pytest.raises(UserError, match="learned rules"):
+    make_plan("chain/short", "a2c", 3200, 1, "/x", overrides={"entropy_bonus": 0.01})
