@@ -211,6 +211,15 @@ def test_shipped_artifact_still_loads():
   assert loaded.family == "lpg" and loaded.extras == {} and loaded.rule is not None
 
 
+def test_headline_artifact_loads_with_its_validation_record():
+  """The headline rule: value inputs, its meta-test settings, Breakout and SpaceInvaders
+  recorded as the games that chose it (so reports mark them validation)."""
+  loaded = load_rule(os.path.join(REPO, "artifacts", "lpg_esvalue_cpu.pkl"))
+  assert loaded.config.value_inputs and loaded.config.signlog_reward
+  assert loaded.extras["meta_test"]["network"]["learning_rate"] == pytest.approx(4e-3)
+  assert {"Breakout", "SpaceInvaders", "CartPole"} <= set(loaded.metadata["validate_envs"])
+
+
 def test_optional_fields_load_and_are_checksummed(params, tmp_path):
   path = str(tmp_path / "r.pkl")
   settings = {"meta_test": {"lr": 0.1, "steps": [1, 2]}, "note": None}
