@@ -83,13 +83,15 @@ def _main(argv) -> int:
   algos = _compare_algos(args.compare)
   name = "-".join(algos) if algos else args.algo
   out = args.out or os.path.join("runs", f"{env_slug(args.env)}-{name}")
+  # With --compare the bonus goes to the learned rules only; a single --algo gets it (and
+  # make_plan's error where the algorithm is not a learned rule).
+  bonus = lambda algo: (args.entropy_bonus if not algos
+                        or getattr(ALGOS.get(algo), "needs_rule", False) else 0.0)
   plans = [make_plan(args.env, algo, args.steps, args.seeds,
                      os.path.join(out, algo) if algos else out, rule_path=args.rule,
                      agent=args.agent, num_envs=args.num_envs, rollout_len=args.rollout_len,
                      learning_rate=args.lr, seed=args.seed, hidden=args.hidden,
-                     entropy_bonus=args.entropy_bonus if not algos
-                     or getattr(ALGOS.get(algo), "needs_rule", False) else 0.0)
-           # with --compare the bonus goes to the learned rules only
+                     entropy_bonus=bonus(algo))
            for algo in (algos or [args.algo])]
   if os.path.isdir(out) and not cli.is_empty_dir(out) and not args.overwrite:
     raise cli.UserError(f"--out {out} is not empty; pass --overwrite to replace its results "

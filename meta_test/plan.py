@@ -179,7 +179,8 @@ def hyperparameters(plan: RunPlan) -> dict:
           "max_grad_norm": r.optimizer.max_grad_norm, "gamma": r.gamma, "alpha_y": r.alpha_y,
           "num_envs": r.num_envs, "rollout_len": r.rollout_len, "num_updates": r.num_updates,
           "seed": plan.seed} | ({"anneal_lr": True} if r.anneal_lr else {}) | (
-              {"entropy_bonus": r.entropy_bonus} if r.entropy_bonus else {})
+              {"entropy_bonus": plan.choice.rule.coef}
+              if isinstance(plan.choice.rule, EntropyBonus) else {})
 
 
 def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) -> None:
@@ -313,8 +314,7 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
                   learning_rate=lr, alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
                   num_updates=max(1, math.ceil(int(steps) / (b * t))),
-                  anneal_lr=bool(getattr(settings, "anneal_lr", False)),
-                  entropy_bonus=entropy_bonus)
+                  anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
                  seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src}
                  | ({"learning_rate": f"{h['sources']['learning_rate']} x {float(lr_scale):g}"}

@@ -506,13 +506,12 @@ def _main(argv) -> int:
   progress = not args.quiet and args.jobs == 1   # workers' progress bars would interleave
   manifest = []
   for job, (s, chosen) in zip(jobs, run_jobs(tuple(argv), jobs, args.jobs, progress)):
-    plan = job.plan
+    out_dir = job.plan.out     # a tuned job's run writes to the same directory
     if chosen is not None:
-      plan = job.make(plan.seeds, plan.out, overrides=chosen)
       s["tuned"] = chosen
-      write_json(os.path.join(plan.out, "summary.json"), s)
-    manifest.append({"dir": os.path.relpath(plan.out, args.out), "label": job.entry.label,
-                     "settings_key": plan.settings_key(),
+      write_json(os.path.join(out_dir, "summary.json"), s)
+    manifest.append({"dir": os.path.relpath(out_dir, args.out), "label": job.entry.label,
+                     "settings_key": s["settings_key"],
                      **({"role": job.role} if job.role is not None else {})})
   write_json(os.path.join(out, MANIFEST), manifest)
   df = write_report(args.out)

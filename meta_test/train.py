@@ -54,9 +54,6 @@ class RunConfig:
     anneal_lr: decay the step size linearly from ``learning_rate`` towards 0 over the
       ``U`` updates (update ``i`` uses ``learning_rate * (1 - i / U)``) [chosen: False;
       True for the A2C vector defaults, as sb3 / purejaxrl].
-    entropy_bonus: a learned rule's agents also ascend this x their policy's entropy
-      (``lpg.rule.EntropyBonus``, applied by ``meta_test.plan.make_plan``; recorded here)
-      [default 0: the rule alone].
   """
   agent: AgentConfig
   optimizer: OptimizerConfig
@@ -68,7 +65,6 @@ class RunConfig:
   num_updates: int = 1
   chunk: int | None = None
   anneal_lr: bool = False
-  entropy_bonus: float = 0.0
 
   def __post_init__(self):
     for name in ("num_envs", "rollout_len", "num_updates"):

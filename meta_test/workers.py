@@ -18,7 +18,9 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 
-SINGLE_THREAD = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+# XLA's CPU backend on one thread.  (Every XLA flag starts with "--": XLA reads a first
+# token without it as a file of flags and aborts, and ignores one after a flag.)
+SINGLE_THREAD = ("--xla_cpu_multi_thread_eigen=false",)
 MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 
 

@@ -129,10 +129,11 @@ def test_table_ratio_only_for_positive_a2c_returns():
 
 def test_single_thread_flags_keep_the_users_own():
   from meta_test.workers import single_thread_flags
-  assert single_thread_flags("") == ("--xla_cpu_multi_thread_eigen=false "
-                                     "intra_op_parallelism_threads=1")
-  mine = "--a=1 intra_op_parallelism_threads=2"
-  assert single_thread_flags(mine) == mine + " --xla_cpu_multi_thread_eigen=false"
+  assert single_thread_flags("") == "--xla_cpu_multi_thread_eigen=false"
+  mine = "--a=1 --xla_cpu_multi_thread_eigen=true"
+  assert single_thread_flags(mine) == mine                     # the user's setting kept
+  assert single_thread_flags("--a=1") == "--a=1 --xla_cpu_multi_thread_eigen=false"
+  assert all(f.startswith("--") for f in single_thread_flags("").split())
 
 
 def test_report_jobs_runs_side_by_side_and_gives_the_same_report(tmp_path):
