@@ -444,8 +444,7 @@ def run_task(argv: tuple[str, ...], index: int, tuning: int | None, chosen: dict
   ``index``'s tuning run number ``tuning``, or (``tuning`` None) its reported run, made with
   the tuned values ``chosen`` where the job is tuned.  Returns the run's summary."""
   args, jobs = _parsed(argv)
-  job = jobs[index]
-  tag = f"[{index + 1}/{len(jobs)}] {job.plan.source.name} {job.entry.label}"
+  job, tag = jobs[index], _tag(jobs, index)
   if tuning is not None:
     combo, plan = job.tuning[tuning]
     tag += f" tune {tune_lib.combo_slug(combo)}"
@@ -455,11 +454,17 @@ def run_task(argv: tuple[str, ...], index: int, tuning: int | None, chosen: dict
   return _run_or_reuse(plan, args, tag, progress)
 
 
+def _tag(jobs: list[Job], index: int) -> str:
+  job = jobs[index]
+  return f"[{index + 1}/{len(jobs)}] {job.plan.source.name} {job.entry.label}"
+
+
 def run_jobs(argv: tuple[str, ...], jobs: list[Job], workers: int, progress: bool
              ) -> list[tuple[dict, dict | None]]:
   """Runs every job of the report (tuning runs first, each tuned job's reported run as soon
   as its tuning runs are in), ``workers`` runs at a time; returns ``(summary, chosen)`` per
-  job, in order (``chosen``: the tuned values, None for a job not tuned)."""
+  job, in order (``chosen``: the tuned values, None for a job not tuned).  A failed run
+  cancels the runs not yet started and its error is raised."""
   results: dict[int, tuple[dict, dict | None]] = {}
   scores: dict[int, list] = {i: [] for i in range(len(jobs))}
   with workers_lib.pool(workers) as ex:
@@ -469,30 +474,32 @@ def run_jobs(argv: tuple[str, ...], jobs: list[Job], workers: int, progress: boo
       f = ex.submit(run_task, argv, index, tuning, chosen, progress)
       pending[f] = (index, tuning, chosen)
 
-    for i, job in enumerate(jobs):
-      for k in range(len(job.tuning)):
-        submit(i, tuning=k)
-    for i, job in enumerate(jobs):
-      if not job.tuning:
-        submit(i)
-    while pending:
-      done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-      for f in done:
-        i, k, chosen = pending.pop(f)
-        s = f.result()
-        job = jobs[i]
-        tag = f"[{i + 1}/{len(jobs)}] {job.plan.source.name} {job.entry.label}"
-        if k is None:
-          results[i] = (s, chosen)
-          print(f"{tag}: final return {s['final_return_mean']}", file=sys.stderr)
-          continue
-        combo = job.tuning[k][0]
-        print(f"{tag} tune {tune_lib.combo_slug(combo)}: final return "
-              f"{s['final_return_mean']}", file=sys.stderr)
-        scores[i].append((k, combo, s["final_return_mean"]))
-        if len(scores[i]) == len(job.tuning):   # in grid order, so ties break as before
-          ordered = [(c, r) for _, c, r in sorted(scores[i], key=lambda t: t[0])]
-          submit(i, chosen=tune_lib.best(ordered))
+    try:
+      for i, job in enumerate(jobs):
+        for k in range(len(job.tuning)):
+          submit(i, tuning=k)
+      for i, job in enumerate(jobs):
+        if not job.tuning:
+          submit(i)
+      while pending:
+        done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+        for f in done:
+          i, k, chosen = pending.pop(f)
+          s, job = f.result(), jobs[i]
+          if k is None:
+            results[i] = (s, chosen)
+            print(f"{_tag(jobs, i)}: final return {s['final_return_mean']}", file=sys.stderr)
+            continue
+          combo = job.tuning[k][0]
+          print(f"{_tag(jobs, i)} tune {tune_lib.combo_slug(combo)}: final return "
+                f"{s['final_return_mean']}", file=sys.stderr)
+          scores[i].append((k, combo, s["final_return_mean"]))
+          if len(scores[i]) == len(job.tuning):   # in grid order, so ties break as before
+            ordered = [(c, r) for _, c, r in sorted(scores[i], key=lambda t: t[0])]
+            submit(i, chosen=tune_lib.best(ordered))
+    except BaseException:
+      ex.shutdown(wait=False, cancel_futures=True)
+      raise
   return [results[i] for i in range(len(jobs))]
 
 

@@ -42,14 +42,12 @@ def _init_worker(jobs: int) -> None:
 
 
 class _InProcess(cf.Executor):
-  """``concurrent.futures.Executor`` that runs each call at once in this process."""
+  """``concurrent.futures.Executor`` that runs each call at once in this process; an error
+  is raised by ``submit`` itself, so nothing queued after a failed run still runs."""
 
   def submit(self, fn, /, *args, **kwargs):
     future = cf.Future()
-    try:
-      future.set_result(fn(*args, **kwargs))
-    except BaseException as e:   # handed to the caller through the future, as a pool would
-      future.set_exception(e)
+    future.set_result(fn(*args, **kwargs))
     return future
 
 
