@@ -21,7 +21,8 @@ Each (variant, seed) is the run directory ``OUT/<variant>-s<seed>``; its output 
 the budget or reached the preset's meta-updates; done runs are skipped, started ones are
 continued with ``--resume --time-limit <budget left>``, so a campaign killed at any point
 is finished by running the same command again.  Runs are started under ``nice`` in their
-own session; SIGINT/SIGTERM to ``lpg-ablation`` is forwarded once to each run, which
+own session (with ``--jobs`` above 1, each with XLA's CPU backend on one thread);
+SIGINT/SIGTERM to ``lpg-ablation`` is forwarded once to each run, which
 checkpoints and exits.  A variant whose flag this ``lpg-meta-train`` does not know fails
 alone with a one-line message; the others run.  Exit status: 0 if every run is done, 1 if
 any failed, 2 for bad input (nothing started).
@@ -42,6 +43,7 @@ import time
 
 from lpg import cli
 from lpg.cli import UserError
+from meta_test.workers import single_thread_flags
 
 PROG = "lpg-ablation"
 TRAIN_PROG = "lpg-meta-train"
@@ -268,13 +270,21 @@ def _last_line(log: str) -> str:
   return (errors or lines or [""])[-1]
 
 
-def _start(run: Run, log_dir: str, shared: bool) -> subprocess.Popen:
-  """Starts ``run`` (``shared``: other runs share the machine, so no run takes all of an
-  accelerator's memory up front)."""
-  nice = ["nice", "-n", "10"] if shutil.which("nice") else []
-  env = dict(os.environ)
+def run_env(environ: dict[str, str], shared: bool) -> dict[str, str]:
+  """The environment of a run: ``environ``, and where other runs share the machine
+  (``shared``) XLA's CPU backend on one thread (as ``lpg-report --jobs``'s workers) and no
+  run taking all of an accelerator's memory up front."""
+  env = dict(environ)
   if shared:
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env["XLA_FLAGS"] = single_thread_flags(env.get("XLA_FLAGS", ""))
+  return env
+
+
+def _start(run: Run, log_dir: str, shared: bool) -> subprocess.Popen:
+  """Starts ``run`` (``shared``: other runs share the machine; ``run_env``)."""
+  nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+  env = run_env(os.environ, shared)
   log = open(os.path.join(log_dir, f"{run.name}.log"), "a")
   log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')}: {run.command()}\n")
   log.flush()
@@ -372,7 +382,9 @@ def build_parser():
   r.add_argument("--out", default=None, help="campaign directory (default runs/ablation-SCALE)")
   r.add_argument("--budget-s", type=cli.positive_float, default=None,
                  help="wall seconds per run over all its sittings (default: the scale's)")
-  r.add_argument("--jobs", type=cli.positive_int, default=1, help="runs at the same time")
+  r.add_argument("--jobs", type=cli.positive_int, default=1,
+                 help="runs at the same time (more than one: each with XLA's CPU backend "
+                      "on one thread; on a CPU host give the core count)")
   r.add_argument("--define", action="append", default=[], metavar="NAME='FLAGS'",
                  help="add or replace a variant: NAME and its lpg-meta-train flags")
   r.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

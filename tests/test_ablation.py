@@ -172,3 +172,13 @@ def test_rescore_table_pairs_variants_with_base_by_seed():
   assert lines[2].startswith("| base | best | 2 | 0.400 ± 0.141 | - | 0.500 / 0.300 |")
   # es - base: 0.2 and 0.1 -> 0.150 ± 0.071
   assert lines[3].startswith("| es | best | 2 | 0.550 ± 0.212 | 0.150 ± 0.071 | 0.700 / 0.400 |")
+
+
+def test_runs_sharing_the_machine_get_one_xla_thread_each():
+  base = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=false", "HOME": "h"}
+  assert ablation.run_env(base, shared=False) == base
+  env = ablation.run_env(base, shared=True)
+  assert env["XLA_FLAGS"].split() == ["--xla_cpu_enable_concurrency_optimized_scheduler=false",
+                                      "--xla_cpu_multi_thread_eigen=false"]
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" and env["HOME"] == "h"
+  assert base["XLA_FLAGS"].count("--") == 1  # the caller's environment is left alone
