@@ -18,7 +18,8 @@ and its runs.
 
 Several rules (``--rule toy15=a.pkl --rule recipe=b.pkl``): every ``lpg`` entry of
 ``--algos`` runs once per rule, as rows ``lpg:toy15`` and ``lpg:recipe`` (a label defaults to
-the file's stem; with one rule the row is plain ``lpg``).
+the file's stem; with one rule the row is plain ``lpg``); an entry ``lpg:LABEL`` is that
+rule's alone (``--algos lpg,lpg:recipe+tuned``: both rules, and only ``recipe`` tuned).
 
 Tuning (``--tune``): without a ``+tuned`` entry every algorithm that learns (all but
 ``random``) is tuned and keeps its name; with one, only the ``NAME+tuned`` entries are, so a
@@ -300,7 +301,8 @@ def build_parser() -> cli.Parser:
                       "or a comma-separated list of env names")
   p.add_argument("--algos", default="lpg,a2c",
                  help=f"comma list of {', '.join(ALGOS)}; NAME{TUNED} tunes only that entry "
-                      "(with --tune), so lpg,lpg+tuned reports the rule both ways")
+                      "(with --tune), so lpg,lpg+tuned reports the rule both ways; "
+                      "lpg:LABEL is one rule of several (lpg,lpg:new+tuned)")
   p.add_argument("--steps", type=cli.positive_int, default=1_000_000,
                  help="env steps per seed per run (default 1e6)")
   p.add_argument("--seeds", type=cli.positive_int, default=3)
@@ -342,7 +344,7 @@ def parse_algos(text: str, rules: list[tuple[str, str]], tuning: bool) -> list[E
                         "to try)")
   entries = []
   for token in tokens:
-    name = token[:-len(TUNED)] if token.endswith(TUNED) else token
+    name, _, label = (token[:-len(TUNED)] if token.endswith(TUNED) else token).partition(":")
     if name not in ALGOS:
       raise cli.UserError(unknown_algo_message(name, "--algos"))
     tuned = token.endswith(TUNED) if explicit else tuning and ALGOS[name].learns
@@ -350,17 +352,31 @@ def parse_algos(text: str, rules: list[tuple[str, str]], tuning: bool) -> list[E
       raise cli.UserError(f"--algos {token}: {name} has nothing to tune; list it as {name}")
     suffix = TUNED if explicit and tuned else ""
     if not ALGOS[name].needs_rule:
+      if label:
+        raise cli.UserError(f"--algos {token}: {name} takes no rule; list it as {name}")
       entries.append(Entry(name, name + suffix, tuned))
       continue
     if not rules:
       raise cli.UserError(f"--algos has {name}: pass --rule PATH (a rule artifact .pkl)")
-    for label, path in rules:
-      row = name if len(rules) == 1 else f"{name}:{label}"
+    for rule_label, path in _chosen_rules(token, label, rules):
+      row = name if len(rules) == 1 else f"{name}:{rule_label}"
       entries.append(Entry(name, row + suffix, tuned, path))
   twice = _repeated([e.label for e in entries])
   if twice is not None:
     raise cli.UserError(f"--algos lists {twice} twice; give each once")
   return entries
+
+
+def _chosen_rules(token: str, label: str, rules: list[tuple[str, str]]
+                  ) -> list[tuple[str, str]]:
+  """The rules an ``--algos`` token runs: every one, or the one ``label`` names."""
+  if not label:
+    return rules
+  chosen = [r for r in rules if r[0] == label]
+  if not chosen:
+    raise cli.UserError(f"--algos {token}: no --rule is labelled {label!r}; labels: "
+                        f"{', '.join(l for l, _ in rules)}")
+  return chosen
 
 
 def check_out(args) -> None:

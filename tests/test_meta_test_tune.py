@@ -77,12 +77,19 @@ def test_algos_entries_tuned_and_several_rules():
       ("lpg:toy", "lpg", False, "a.pkl"), ("lpg:new", "lpg", False, "b.pkl"),
       ("lpg:toy+tuned", "lpg", True, "a.pkl"), ("lpg:new+tuned", "lpg", True, "b.pkl"),
       ("a2c+tuned", "a2c", True, None), ("random", "random", False, None)]
+  # lpg:LABEL is one rule's row alone; its row name stays the same.
+  rows = report_lib.parse_algos("lpg,lpg:new+tuned,a2c", rules, tuning=True)
+  assert [(e.label, e.tuned, e.rule) for e in rows] == [
+      ("lpg:toy", False, "a.pkl"), ("lpg:new", False, "b.pkl"), ("lpg:new+tuned", True, "b.pkl"),
+      ("a2c", False, None)]
   # Without +tuned entries every learning algorithm is tuned and keeps its name.
   rows = report_lib.parse_algos("lpg,a2c,random", rules[:1], tuning=True)
   assert [(e.label, e.tuned) for e in rows] == [("lpg", True), ("a2c", True), ("random", False)]
   for text, tuning, match in (("a2c+tuned", False, "needs --tune"),
                               ("random+tuned", True, "nothing to tune"),
                               ("a2c,a2c", False, "twice"), ("lpg", False, "--rule"),
+                              ("lpg,lpg:toy", False, "twice"), ("lpg:old", False, "labelled"),
+                              ("a2c:toy", False, "takes no rule"),
                               ("nosuch", False, "unknown")):
     with pytest.raises(UserError, match=match):
       report_lib.parse_algos(text, [] if text == "lpg" else rules, tuning)
