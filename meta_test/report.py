@@ -42,7 +42,9 @@ nothing) and, when a random row exists,
 ``a2c_relative`` (``(R - R_random) / (R_a2c - R_random)``); ``R_a2c`` is the ``a2c+tuned``
 row's where the env has one (the stronger baseline), else the ``a2c`` row's;
 ``final_entropy``: the agents' mean policy entropy (nats) over the same final window (near 0:
-the agents stopped exploring).
+the agents stopped exploring).  Under the table, ``report.md`` has one line per row of
+``--algos``: its envs and the medians of ``ratio_to_a2c`` and ``a2c_relative``, over all envs
+and over the ``test`` envs alone.
 """
 from __future__ import annotations
 
@@ -213,6 +215,24 @@ def build_table(summaries: list[dict]):
   return df.sort_values(["env", "algo"]).reset_index(drop=True)
 
 
+def summarise(df):
+  """Per algo row of ``build_table``'s ``df``: its number of envs and the medians over them of
+  ``ratio_to_a2c`` and ``a2c_relative`` (over the envs where each is defined), over every env
+  and, with a ``role`` column, over the ``test`` envs alone (a rule's honest number)."""
+  import pandas as pd
+  parts = [("", df)] + ([("test_", df[df["role"] == "test"])] if "role" in df else [])
+  rows = []
+  for algo in sorted(set(df["algo"])):
+    row = {"algo": algo}
+    for prefix, part in parts:
+      sub = part[part["algo"] == algo]
+      row[f"{prefix}envs"] = len(sub)
+      row[f"{prefix}median_ratio_to_a2c"] = float(sub["ratio_to_a2c"].median())
+      row[f"{prefix}median_a2c_relative"] = float(sub["a2c_relative"].median())
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
 def to_markdown(df, floatfmt: str = "{:.3g}") -> str:
   """A GitHub Markdown table (no ``tabulate`` needed)."""
   def fmt(v):
@@ -275,6 +295,11 @@ def plot_curves(summaries: list[dict], path: str, column: str = "episode_return"
   fig.savefig(path, dpi=90)
 
 
+SUMMARY_HEAD = ("Medians over envs (where defined) per row; `test_`: over the envs whose role "
+                "in that row is `test` (a rule's row: envs that rule neither trained on nor "
+                "was chosen on; other rows: envs no rule of the report did).")
+
+
 def write_report(out: str):
   """Collects the report's runs (``out/runs.json``) into the table files and plots; returns
   the table."""
@@ -283,6 +308,8 @@ def write_report(out: str):
   df.to_csv(os.path.join(out, "report.csv"), index=False)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(to_markdown(df))
+    if len(df):
+      f.write("\n" + SUMMARY_HEAD + "\n\n" + to_markdown(summarise(df)))
   if len(df):
     plot_scores(df, os.path.join(out, "scores.png"))
     plot_curves(summaries, os.path.join(out, "curves.png"))

@@ -90,7 +90,12 @@ def test_report_table(report_dir):
   roles = dict(zip(df["env"], df["role"]))
   assert roles == {"chain/short": "train", "tabular/dense": "validation"}   # marked in the table
   md = open(os.path.join(report_dir, "report.md")).read().splitlines()
-  assert md[0].startswith("| env | role | algo |") and len(md) == 2 + 6
+  assert md[0].startswith("| env | role | algo |") and md[2 + 6] == ""
+  # The summary: one line per algo, medians over its envs (all, and test envs alone: none).
+  summary = md[md.index(report_lib.SUMMARY_HEAD) + 2:]
+  assert summary[0].startswith("| algo | envs | median_ratio_to_a2c | median_a2c_relative | "
+                               "test_envs |") and len(summary) == 2 + 3
+  assert any(line.startswith("| a2c | 2 | 1 | 1 | 0 |") for line in summary)
   for name in ("scores.png", "curves.png", "entropy.png"):
     assert os.path.getsize(os.path.join(report_dir, name)) > 1000
 

@@ -134,6 +134,24 @@ def test_table_ratio_only_for_positive_a2c_returns():
   assert df.loc["a2c+tuned", "a2c_relative"] == pytest.approx(1.0)
 
 
+def test_summary_medians_over_all_and_test_envs():
+  """Hand-computed: lpg is 2x, 0.5x, 0.25x A2C on three envs (one validation); medians over
+  all envs and over the test envs alone; NaN ratios (negative returns) are left out."""
+  rows = []
+  for env, role, a2c, lpg in (("A", "test", 10.0, 20.0), ("B", "validation", 10.0, 5.0),
+                              ("C", "test", 8.0, 2.0), ("D", "test", -91.0, -500.0)):
+    rows += [dict(env=env, role=role, algo="a2c", final_return_mean=a2c, final_return_std=0.0),
+             dict(env=env, role=role, algo="lpg", final_return_mean=lpg, final_return_std=0.0),
+             dict(env=env, role=role, algo="random", final_return_mean=0.0, final_return_std=0.0)]
+  summary = report_lib.summarise(report_lib.build_table(rows)).set_index("algo")
+  assert summary.loc["lpg", "envs"] == 4 and summary.loc["lpg", "test_envs"] == 3
+  assert summary.loc["lpg", "median_ratio_to_a2c"] == pytest.approx(0.5)      # 2, 0.5, 0.25
+  assert summary.loc["lpg", "test_median_ratio_to_a2c"] == pytest.approx(1.125)  # 2, 0.25
+  # a2c_relative (random at 0): 2, 0.5, 0.25 and D's -500 / -91 = 5.49 -> (0.5 + 2) / 2
+  assert summary.loc["lpg", "median_a2c_relative"] == pytest.approx(1.25)
+  assert summary.loc["a2c", "test_median_a2c_relative"] == pytest.approx(1.0)
+
+
 def test_single_thread_flags_keep_the_users_own():
   from meta_test.workers import single_thread_flags
   assert single_thread_flags("") == "--xla_cpu_multi_thread_eigen=false"
