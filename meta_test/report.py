@@ -14,7 +14,8 @@ entropy, same grid) and ``DIR/runs.json`` (the runs the report is made of).  A r
 contains only runs made with its own settings: ``--resume`` reuses a finished run only when
 its settings (steps, seeds, agent, hyperparameters, the algorithm's settings, the rule's
 checksum) match, and reruns it otherwise; ``--overwrite`` first removes the earlier report
-and its runs.
+and its runs; ``--table-only`` runs nothing and makes the table of the runs already
+finished (as ``--resume`` would reuse them), naming the rows it leaves out.
 
 Several rules (``--rule toy15=a.pkl --rule recipe=b.pkl``): every ``lpg`` entry of
 ``--algos`` runs once per rule, as rows ``lpg:toy15`` and ``lpg:recipe`` (a label defaults to
@@ -32,8 +33,9 @@ rule is picked on it, so it is not a test of the rule) or ``test`` (neither).  A
 take that rule's role; the other rows the strongest role any of the rules gives the env.
 
 ``--jobs N`` runs N runs at a time in single-threaded worker processes
-(``meta_test.workers``): every tuning run first, a tuned row's reported run once its tuning
-runs are in; the report equals the one-process report (same seeds and choices).
+(``meta_test.workers``), in row order, a tuned row's reported run ahead of the rest once its
+tuning runs are in (rows finish one after another); the report equals the one-process report
+(same seeds and choices).
 
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
@@ -48,6 +50,7 @@ and over the ``test`` envs alone.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import functools
@@ -300,9 +303,9 @@ SUMMARY_HEAD = ("Medians over envs (where defined) per row; `test_`: over the en
                 "was chosen on; other rows: envs no rule of the report did).")
 
 
-def write_report(out: str):
+def write_report(out: str, missing: list[str] = ()):
   """Collects the report's runs (``out/runs.json``) into the table files and plots; returns
-  the table."""
+  the table.  ``missing``: rows left out (``--table-only``), named under the table."""
   summaries = load_summaries(out)
   df = build_table(summaries)
   df.to_csv(os.path.join(out, "report.csv"), index=False)
@@ -310,6 +313,8 @@ def write_report(out: str):
     f.write(to_markdown(df))
     if len(df):
       f.write("\n" + SUMMARY_HEAD + "\n\n" + to_markdown(summarise(df)))
+    if missing:
+      f.write(f"\nLeft out, not finished when this table was made: {', '.join(missing)}.\n")
   if len(df):
     plot_scores(df, os.path.join(out, "scores.png"))
     plot_curves(summaries, os.path.join(out, "curves.png"))
@@ -336,6 +341,10 @@ def build_parser() -> cli.Parser:
   p.add_argument("--out", required=True, help="report directory")
   p.add_argument("--resume", action="store_true",
                  help="reuse finished runs whose settings match; rerun the others")
+  p.add_argument("--table-only", action="store_true",
+                 help="run nothing: the table of the runs in --out already finished with "
+                      "these settings (as --resume would reuse them); the others are named "
+                      "and left out (an interim table of a long report)")
   p.add_argument("--overwrite", action="store_true",
                  help="remove an earlier report in --out (its runs included) first")
   p.add_argument("--agent", default=None, help="force an agent kind for every env")
@@ -411,9 +420,13 @@ def check_out(args) -> None:
   report with ``--resume`` or ``--overwrite`` (not both)."""
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
+  if args.table_only and (args.overwrite or cli.is_empty_dir(args.out)):
+    raise cli.UserError(f"--table-only makes the table of the runs already in --out; "
+                        f"{args.out} has none" if not args.overwrite else
+                        "--table-only and --overwrite exclude each other; pass one")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise cli.UserError(f"--out {args.out} is a file, not a directory; choose another path")
-  if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite):
+  if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite or args.table_only):
     raise cli.UserError(f"--out {args.out} is not empty; pass --resume to continue it "
                         "or --overwrite to redo it")
 
@@ -463,6 +476,25 @@ def reusable(plan: RunPlan) -> tuple[bool, str]:
   return True, "done already, reused"
 
 
+def finished_runs(jobs: list[Job]) -> list[tuple[dict | None, dict | None]]:
+  """``--table-only``: per job, ``(summary, chosen)`` of its finished run made with the
+  report's settings (a tuned job's: with the values its finished tuning runs choose;
+  ``chosen`` None for a job not tuned), or ``(None, None)``; nothing is run."""
+  found = []
+  for job in jobs:
+    chosen, plan = None, job.plan
+    if job.tuning:
+      scores = [(c, read_summary(p.out)["final_return_mean"]) for c, p in job.tuning
+                if reusable(p)[0]]
+      if len(scores) < len(job.tuning):
+        found.append((None, None))
+        continue
+      chosen = tune_lib.best(scores)
+      plan = job.make(job.plan.seeds, job.plan.out, overrides=chosen)
+    found.append((read_summary(plan.out), chosen) if reusable(plan)[0] else (None, None))
+  return found
+
+
 def _run_or_reuse(plan: RunPlan, args, tag: str, progress: bool) -> dict:
   """The plan's summary: reused (``--resume`` and same settings) or freshly run."""
   done, why = reusable(plan) if args.resume else (False, "")
@@ -504,26 +536,28 @@ def _tag(jobs: list[Job], index: int) -> str:
 
 def run_jobs(argv: tuple[str, ...], jobs: list[Job], workers: int, progress: bool
              ) -> list[tuple[dict, dict | None]]:
-  """Runs every job of the report (tuning runs first, each tuned job's reported run as soon
-  as its tuning runs are in), ``workers`` runs at a time; returns ``(summary, chosen)`` per
-  job, in order (``chosen``: the tuned values, None for a job not tuned).  A failed run
-  cancels the runs not yet started and its error is raised."""
+  """Runs every job of the report, ``workers`` runs at a time, in job order (a tuned job:
+  its tuning runs), except that a tuned job's reported run goes ahead of every run not yet
+  started as soon as its tuning runs are in, so rows finish one after another and a report
+  stopped early has whole rows.  Returns ``(summary, chosen)`` per job, in order
+  (``chosen``: the tuned values, None for a job not tuned).  A failed run cancels the runs
+  not yet started and its error is raised."""
   results: dict[int, tuple[dict, dict | None]] = {}
   scores: dict[int, list] = {i: [] for i in range(len(jobs))}
+  waiting = collections.deque((i, k, None) for i, job in enumerate(jobs)
+                              for k in (range(len(job.tuning)) if job.tuning else [None]))
+  ready: collections.deque = collections.deque()   # reported runs of tuned jobs
   with workers_lib.pool(workers) as ex:
     pending = {}
 
-    def submit(index, tuning=None, chosen=None):
-      f = ex.submit(run_task, argv, index, tuning, chosen, progress)
-      pending[f] = (index, tuning, chosen)
+    def fill():
+      while len(pending) < workers and (ready or waiting):
+        index, tuning, chosen = (ready or waiting).popleft()
+        f = ex.submit(run_task, argv, index, tuning, chosen, progress)
+        pending[f] = (index, tuning, chosen)
 
     try:
-      for i, job in enumerate(jobs):
-        for k in range(len(job.tuning)):
-          submit(i, tuning=k)
-      for i, job in enumerate(jobs):
-        if not job.tuning:
-          submit(i)
+      fill()
       while pending:
         done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
         for f in done:
@@ -539,7 +573,8 @@ def run_jobs(argv: tuple[str, ...], jobs: list[Job], workers: int, progress: boo
           scores[i].append((k, combo, s["final_return_mean"]))
           if len(scores[i]) == len(job.tuning):   # in grid order, so ties break as before
             ordered = [(c, r) for _, c, r in sorted(scores[i], key=lambda t: t[0])]
-            submit(i, chosen=tune_lib.best(ordered))
+            ready.append((i, None, tune_lib.best(ordered)))
+        fill()
     except BaseException:
       ex.shutdown(wait=False, cancel_futures=True)
       raise
@@ -554,8 +589,13 @@ def _main(argv) -> int:
   if args.overwrite:
     remove_report(out)
   progress = not args.quiet and args.jobs == 1   # workers' progress bars would interleave
-  manifest = []
-  for job, (s, chosen) in zip(jobs, run_jobs(tuple(argv), jobs, args.jobs, progress)):
+  manifest, missing = [], []
+  results = (finished_runs(jobs) if args.table_only
+             else run_jobs(tuple(argv), jobs, args.jobs, progress))
+  for job, (s, chosen) in zip(jobs, results):
+    if s is None:
+      missing.append(f"{job.plan.source.name} {job.entry.label}")
+      continue
     out_dir = job.plan.out     # a tuned job's run writes to the same directory
     if chosen is not None:
       s["tuned"] = chosen
@@ -564,7 +604,10 @@ def _main(argv) -> int:
                      "settings_key": s["settings_key"],
                      **({"role": job.role} if job.role is not None else {})})
   write_json(os.path.join(out, MANIFEST), manifest)
-  df = write_report(args.out)
+  if missing:
+    print(f"{PROG}: --table-only: {len(missing)} of {len(jobs)} rows not finished, left out: "
+          f"{', '.join(missing)}", file=sys.stderr)
+  df = write_report(args.out, missing)
   print(to_markdown(df))
   return cli.EXIT_OK
 

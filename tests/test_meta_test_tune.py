@@ -182,6 +182,53 @@ def test_report_jobs_runs_side_by_side_and_gives_the_same_report(tmp_path):
                              atol=1e-4)
 
 
+def test_table_only_reports_the_finished_rows_and_runs_nothing(tmp_path, capsys, monkeypatch):
+  """``--table-only``: the rows whose runs are finished (a tuned row: with the value its
+  tuning runs chose), the others named and left out; no run is started."""
+  out = str(tmp_path / "r")
+  argv = ["--suite", "chain/short", "--steps", "3200", "--seeds", "2", "--num-envs", "8",
+          "--rollout-len", "20", "--tune", "lr=1e-9,40", "--tune-seeds", "1", "--quiet",
+          "--out", out]
+  assert report_lib.main([*argv, "--algos", "random,a2c+tuned"]) == 0
+  before = pd.read_csv(os.path.join(out, "report.csv"))
+  capsys.readouterr()
+
+  def no_run(*a, **k):
+    raise AssertionError("--table-only started a run")
+  monkeypatch.setattr(report_lib, "execute", no_run)
+  assert report_lib.main([*argv, "--algos", "random,a2c+tuned,ppo+tuned", "--table-only"]) == 0
+  after = pd.read_csv(os.path.join(out, "report.csv"))
+  pd.testing.assert_frame_equal(before, after)
+  assert "1 of 3 rows not finished, left out: chain/short ppo+tuned" in capsys.readouterr().err
+  assert "Left out, not finished when this table was made: chain/short ppo+tuned." in open(
+      os.path.join(out, "report.md")).read()
+  for extra, match in ((["--overwrite"], "exclude"), ([], "has none")):
+    empty = [] if extra else ["--out", str(tmp_path / "empty")]
+    with pytest.raises(UserError, match=match):
+      report_lib.check_out(report_lib.build_parser().parse_args(
+          [*argv, *empty, "--table-only", *extra]))
+
+
+def test_run_jobs_finishes_rows_in_order(monkeypatch):
+  """Runs go in row order; a tuned row's reported run goes before every later run as soon as
+  its tuning runs are in, made with the best value (ties: the first in grid order)."""
+  from types import SimpleNamespace as NS
+  calls = []
+
+  def fake_run_task(argv, index, tuning, chosen, progress):
+    calls.append((index, tuning, chosen))
+    return {"final_return_mean": {None: 5.0, 0: 1.0, 1: 3.0}[tuning]}
+  monkeypatch.setattr(report_lib, "run_task", fake_run_task)
+  job = lambda name, tuning: NS(plan=NS(source=NS(name=name)), entry=NS(label=name),
+                                tuning=tuning)
+  jobs = [job("a", [({"lr": 1}, None), ({"lr": 2}, None)]), job("b", []),
+          job("c", [({"lr": 1}, None), ({"lr": 2}, None)])]
+  out = report_lib.run_jobs((), jobs, 1, False)
+  assert calls == [(0, 0, None), (0, 1, None), (0, None, {"lr": 2}), (1, None, None),
+                   (2, 0, None), (2, 1, None), (2, None, {"lr": 2})]
+  assert [c for _, c in out] == [{"lr": 2}, None, {"lr": 2}]
+
+
 def test_entropy_bonus_wraps_the_rule_and_enters_the_settings_only_when_set(tmp_path):
   """``entropy_bonus`` (flag or ``--tune``): the learned rule is wrapped, the value recorded;
   at 0 the plan and its settings key are those of a run without the option."""
