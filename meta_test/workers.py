@@ -10,13 +10,17 @@ one code path and the default keeps XLA's own threading.
 Workers are started with ``spawn`` (jax is not fork-safe) and set ``XLA_FLAGS`` in their
 initialiser, which runs before their first jax computation (XLA reads the flags when its
 backend starts, not at ``import jax``).  On an accelerator host each worker gets a share
-of the device's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``, unless the user set it).
+of the device's memory (``XLA_PYTHON_CLIENT_MEM_FRACTION``, unless the user set it).  On
+Linux a worker is killed with its parent (``PR_SET_PDEATHSIG``): stopping ``lpg-report``
+stops its runs; ``--resume`` redoes the unfinished ones.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
+import sys
 
 # XLA's CPU backend on one thread.  (Every XLA flag starts with "--": XLA reads a first
 # token without it as a file of flags and aborts, and ignores one after a flag.)
@@ -35,8 +39,25 @@ def single_thread_flags(flags: str) -> str:
   return " ".join(out)
 
 
-def _init_worker(jobs: int) -> None:
-  """Runs first in every worker: one XLA thread, a share of an accelerator's memory."""
+def _die_with_parent(parent: int) -> None:
+  """Asks Linux to send this process SIGTERM when its parent dies (``prctl``
+  ``PR_SET_PDEATHSIG``), so a killed ``lpg-report`` leaves no worker running a run on; exits
+  at once if the parent (pid ``parent``) died before the request took effect."""
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+  except (OSError, AttributeError):
+    return
+  if os.getppid() != parent:
+    os._exit(1)
+
+
+def _init_worker(jobs: int, parent: int) -> None:
+  """Runs first in every worker: dies with its parent, one XLA thread, a share of an
+  accelerator's memory."""
+  _die_with_parent(parent)
   os.environ["XLA_FLAGS"] = single_thread_flags(os.environ.get("XLA_FLAGS", ""))
   os.environ.setdefault(MEM_FRACTION, f"{0.9 / jobs:.3f}")
 
@@ -60,4 +81,4 @@ def pool(jobs: int) -> cf.Executor:
   if jobs == 1:
     return _InProcess()
   return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_init_worker, initargs=(jobs,))
+                                initializer=_init_worker, initargs=(jobs, os.getpid()))

@@ -3,6 +3,7 @@ kept by final return, the reported figures from fresh seeds, the table naming th
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -246,3 +247,48 @@ def test_entropy_bonus_wraps_the_rule_and_enters_the_settings_only_when_set(tmp_
   assert tuned.settings()["hyperparameters"]["entropy_bonus"] == 0.02
   with pytest.raises(UserError, match="learned rules"):
     make_plan("chain/short", "a2c", 3200, 1, "/x", overrides={"entropy_bonus": 0.01})
+
+
+def _sleeper(seconds):
+  """A worker task: says it runs (the worker is set up), then sleeps."""
+  import time
+  print("ready", os.getpid(), flush=True)
+  time.sleep(seconds)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_workers_die_with_a_killed_parent(tmp_path, when):
+  """A killed ``lpg-report`` leaves no worker running, whether its workers were running a
+  task or still starting when it died."""
+  import signal
+  import subprocess
+  import time
+  script = tmp_path / "parent.py"
+  script.write_text(
+      "import sys, time\n"
+      "from meta_test import workers\n"
+      "from test_meta_test_tune import _sleeper\n"
+      "if __name__ == '__main__':\n"
+      "  ex = workers.pool(2)\n"
+      "  fs = [ex.submit(_sleeper, 600) for _ in range(2)]\n"
+      "  print('pids', *ex._processes, flush=True)\n"
+      "  time.sleep(600)\n")
+  here = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+  parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(here), env=env)
+  pids = [int(p) for p in parent.stdout.readline().split()[1:]]
+  assert len(pids) == 2
+  if when == "running":
+    ready = [parent.stdout.readline() for _ in pids]
+    assert all(line.startswith("ready") for line in ready)
+  parent.send_signal(signal.SIGKILL)
+  parent.wait()
+  deadline = time.time() + 60
+  alive = pids
+  while alive and time.time() < deadline:
+    time.sleep(0.2)
+    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+             open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+  assert not alive, f"workers {alive} outlived their parent"
