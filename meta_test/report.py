@@ -35,7 +35,8 @@ take that rule's role; the other rows the strongest role any of the rules gives 
 ``--jobs N`` runs N runs at a time in single-threaded worker processes
 (``meta_test.workers``), in row order, a tuned row's reported run ahead of the rest once its
 tuning runs are in (rows finish one after another); the report equals the one-process report
-(same seeds and choices).
+(same seeds and choices).  A tuned row whose tuning chooses another row's own settings
+(``lpg+tuned`` choosing ``lr_scale=1``) gets a copy of that row's finished run, not a rerun.
 
 Columns: ``final_return_mean/std``, ``normalised_score`` (``(R - R_random) /
 (R_opt - R_random)`` where ``envs.returns`` knows the optimum), ``ratio_to_a2c``
@@ -68,7 +69,7 @@ import envs
 from lpg import cli
 from meta_test.algos import ALGOS, unknown_algo_message
 from meta_test.plan import RunPlan, env_slug, make_plan
-from meta_test.results import plot_curve_on, read_summary, write_json
+from meta_test.results import SUMMARY, plot_curve_on, read_summary, write_json
 from meta_test import tune as tune_lib
 from meta_test import workers as workers_lib
 from meta_test.run import execute
@@ -526,7 +527,35 @@ def run_task(argv: tuple[str, ...], index: int, tuning: int | None, chosen: dict
   else:
     plan = job.plan if chosen is None else job.make(job.plan.seeds, job.plan.out,
                                                      overrides=chosen)
+    twin = _twin(plan, jobs) if chosen is not None and not reusable(plan)[0] else None
+    if twin is not None:
+      copy_run(twin, plan.out)
+      print(f"{tag}: tuning chose {tune_lib.combo_slug(chosen)}, the settings of "
+            f"{os.path.relpath(twin, args.out)}: its finished run copied", file=sys.stderr)
+      return read_summary(plan.out)
   return _run_or_reuse(plan, args, tag, progress)
+
+
+def _twin(plan: RunPlan, jobs: list[Job]) -> str | None:
+  """The directory of another row's finished run made with ``plan``'s very settings (a
+  tuned row whose tuning chose another row's own settings, e.g. ``lpg+tuned`` choosing
+  ``lr_scale=1``), or None."""
+  key = plan.settings_key()
+  for job in jobs:
+    s = read_summary(job.plan.out) if job.plan.out != plan.out else None
+    if s is not None and s.get("settings_key") == key:
+      return job.plan.out
+  return None
+
+
+def copy_run(src: str, dst: str) -> None:
+  """Copies a run's files (not its ``tune/``), its ``summary.json`` last (it marks the run
+  finished)."""
+  os.makedirs(dst, exist_ok=True)
+  names = sorted((n for n in os.listdir(src) if os.path.isfile(os.path.join(src, n))),
+                 key=lambda n: n == SUMMARY)
+  for name in names:
+    shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
 
 
 def _tag(jobs: list[Job], index: int) -> str:

@@ -210,6 +210,31 @@ def test_table_only_reports_the_finished_rows_and_runs_nothing(tmp_path, capsys,
           [*argv, *empty, "--table-only", *extra]))
 
 
+def test_tuned_row_choosing_another_rows_settings_copies_its_run(tmp_path, capsys, monkeypatch):
+  """``a2c,a2c+tuned`` where tuning chooses lr_scale=1: the tuned row's reported run would be
+  the plain row's run again, so that finished run is copied instead of rerun."""
+  from meta_test import run as run_lib
+  ran = []
+  real = report_lib.execute
+
+  def counting(plan, **kw):
+    ran.append(plan.out)
+    return real(plan, **kw)
+  monkeypatch.setattr(report_lib, "execute", counting)
+  out = str(tmp_path / "r")
+  assert report_lib.main(["--suite", "chain/short", "--steps", "3200", "--seeds", "2",
+                          "--num-envs", "8", "--rollout-len", "20", "--tune", "lr_scale=1",
+                          "--tune-seeds", "1", "--quiet", "--algos", "a2c,a2c+tuned",
+                          "--out", out]) == 0
+  assert "its finished run copied" in capsys.readouterr().err
+  plain, tuned = (os.path.join(out, "runs", "chain_short", a) for a in ("a2c", "a2c+tuned"))
+  assert ran == [plain, os.path.join(tuned, "tune", "lr_scale=1")]   # no third run
+  a, b = (json.load(open(os.path.join(d, "summary.json"))) for d in (plain, tuned))
+  assert a["settings_key"] == b["settings_key"] and b["tuned"] == {"lr_scale": 1}
+  assert a["final_return_mean"] == b["final_return_mean"]
+  assert os.path.exists(os.path.join(tuned, "curves.csv"))
+
+
 def test_run_jobs_finishes_rows_in_order(monkeypatch):
   """Runs go in row order; a tuned row's reported run goes before every later run as soon as
   its tuning runs are in, made with the best value (ties: the first in grid order)."""
