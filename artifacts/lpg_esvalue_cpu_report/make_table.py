@@ -28,7 +28,7 @@ def main(report: str, main_row: str = "lpg:esvalue") -> None:
   dirs = {(r["dir"].split("/")[1], r["label"]): r["dir"]
           for r in json.load(open(os.path.join(report, "runs.json")))}
   lpg_rows = sorted({a for a in df.algo if a.startswith("lpg")},
-                    key=lambda a: (a != main_row, a.endswith("+tuned"), a))
+                    key=lambda a: (a.split("+")[0] != main_row, a.endswith("+tuned"), a))
   base_rows = [a for a in ("a2c+tuned", "ppo+tuned", "random") if a in set(df.algo)]
   cols = lpg_rows + base_rows
   print("| game | role | " + " | ".join(cols) + f" | {main_row} / a2c+tuned | GROOVE |")
@@ -58,11 +58,12 @@ def main(report: str, main_row: str = "lpg:esvalue") -> None:
     print(f"| {env} | {role} | " + " | ".join(cells) +
           f" | {fmt(main / a2c if a2c > 0 else np.nan)} | {GROOVE.get(env, '-')} |")
   print()
-  print("| rule row | median of lpg / tuned A2C | per game |")
-  print("|---|---|---|")
+  print("| rule row | games | median of lpg / tuned A2C | per game |")
+  print("|---|---|---|---|")
   for a in lpg_rows:
     if ratios[a]:
-      print(f"| {a} | {np.median(ratios[a]):.2f} | {', '.join(f'{x:.2f}' for x in ratios[a])} |")
+      print(f"| {a} | {len(ratios[a])} | {np.median(ratios[a]):.2f} | "
+            f"{', '.join(f'{x:.2f}' for x in ratios[a])} |")
 
 
 if __name__ == "__main__":
