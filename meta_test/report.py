@@ -421,10 +421,11 @@ def check_out(args) -> None:
   report with ``--resume`` or ``--overwrite`` (not both)."""
   if args.resume and args.overwrite:
     raise cli.UserError("--resume and --overwrite exclude each other; pass one")
-  if args.table_only and (args.overwrite or cli.is_empty_dir(args.out)):
+  if args.table_only and args.overwrite:
+    raise cli.UserError("--table-only and --overwrite exclude each other; pass one")
+  if args.table_only and cli.is_empty_dir(args.out):
     raise cli.UserError(f"--table-only makes the table of the runs already in --out; "
-                        f"{args.out} has none" if not args.overwrite else
-                        "--table-only and --overwrite exclude each other; pass one")
+                        f"{args.out} has none (run the report without it first)")
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise cli.UserError(f"--out {args.out} is a file, not a directory; choose another path")
   if not cli.is_empty_dir(args.out) and not (args.resume or args.overwrite or args.table_only):
