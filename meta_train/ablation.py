@@ -44,13 +44,15 @@ import time
 from lpg import cli
 from lpg.cli import UserError
 from meta_test.workers import single_thread_flags
+from meta_train.config import RECIPE_VALIDATION
 
 PROG = "lpg-ablation"
 TRAIN_PROG = "lpg-meta-train"
 # What a run executes (the trainer of this checkout, like the lpg-meta-train script).
 TRAINER = (sys.executable, "-m", "meta_train.cli")
 PROCGEN = "procgen/tabular,procgen/random,procgen/chain"
-VALIDATION_SUITE = "procgen/tabular_val,procgen/chain_val,procgen/random_val,CartPole"
+# The validation tasks of the recipe presets, so an ablation validates as the job it ablates.
+VALIDATION_SUITE = ",".join(RECIPE_VALIDATION)
 RUN_NAME = re.compile(r"^(?P<variant>[A-Za-z0-9_.]+)-s(?P<seed>-?\d+)$")
 
 Args = tuple[tuple[str, "str | None"], ...]  # (flag, value or None for a switch)
