@@ -193,27 +193,45 @@ def _positive(flag: str, value, allow_none: bool = False, whole: bool = True) ->
 
 
 def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
-                    default_lr: float) -> dict:
+                    default_lr: float, num_updates: int | None = None) -> dict:
   """The inner learning rate and alpha_y of an LPG run, and where each came from.
 
   An artifact written by ``lpg-meta-train`` carries ``extras["meta_test"]`` with,
   per agent kind (``tabular``; ``network`` for MLP/conv agents), the learning rate
-  and alpha_y its bandit settled on; those are the defaults, a ``--lr`` flag
+  and alpha_y its validation chose; those are the defaults, a ``--lr`` flag
   overrides, and an artifact without them (or another algorithm) keeps the
-  built-in defaults.  Returns ``{"learning_rate", "alpha_y", "sources": {name:
-  "artifact" | "flag" | "default"}, "artifact": the stored entry or None}``.
+  built-in defaults.  An artifact shipped with ``lpg-ship --meta-test-lifetimes`` also
+  carries ``by_lifetime``, settings chosen by validation on lifetimes of several lengths;
+  a run of ``num_updates`` updates then takes the entry of the nearest length
+  (``for_lifetime``; source ``"artifact (N-update lifetimes)"``).  Returns
+  ``{"learning_rate", "alpha_y", "sources": {name: "artifact..." | "flag" | "default"},
+  "artifact": the stored entry (the lifetime's, if one applies) or None}``.
   """
   extras = getattr(loaded_rule, "extras", None) or {}
   stored = (extras.get("meta_test") or {}).get("tabular" if agent_kind == "tabular"
                                                 else "network")
   stored = stored if isinstance(stored, dict) else None
+  src = "artifact"
+  matched = for_lifetime(stored.get("by_lifetime"), num_updates) if stored and num_updates else None
+  if matched is not None:
+    stored, src = matched, f"artifact ({matched['updates']}-update lifetimes)"
   lr, lr_src = ((float(learning_rate), "flag") if learning_rate is not None else
-                (float(stored["learning_rate"]), "artifact") if stored and "learning_rate" in stored
+                (float(stored["learning_rate"]), src) if stored and "learning_rate" in stored
                 else (float(default_lr), "default"))
-  ay, ay_src = ((float(stored["alpha_y"]), "artifact") if stored and "alpha_y" in stored
+  ay, ay_src = ((float(stored["alpha_y"]), src) if stored and "alpha_y" in stored
                 else (ALPHA_Y, "default"))
   return {"learning_rate": lr, "alpha_y": ay, "artifact": stored,
           "sources": {"learning_rate": lr_src, "alpha_y": ay_src}}
+
+
+def for_lifetime(entries, num_updates: int) -> dict | None:
+  """The ``by_lifetime`` entry (``meta_train.validation.lifetime_settings``) whose lifetime
+  is nearest ``num_updates`` on a log scale (the shorter on a tie), or None if none fits."""
+  ok = [e for e in entries if isinstance(e, dict) and isinstance(e.get("updates"), int)
+        and e["updates"] > 0 and "learning_rate" in e] if isinstance(entries, list) else []
+  if not ok or num_updates <= 0:
+    return None
+  return min(ok, key=lambda e: (abs(math.log(e["updates"] / num_updates)), e["updates"]))
 
 
 def agent_widths(obs_kind: str, hidden: tuple[int, ...] | None) -> tuple[tuple[int, ...], str]:
@@ -306,15 +324,15 @@ def make_plan(env: str, algo: str, steps: int, seeds: int, out: str, rule_path: 
   b, t = fit_batch(int(steps), int(pick(num_envs, "num_envs", d.num_envs)),
                    int(pick(rollout_len, "rollout_len", d.rollout_len)), source.host,
                    fixed_b=num_envs is not None, fixed_t=rollout_len is not None)
+  num_updates = max(1, math.ceil(int(steps) / (b * t)))
   h = artifact_hypers(loaded_rule if ALGOS[algo].needs_rule else None, kind, learning_rate,
-                      pick(None, "learning_rate", own.learning_rate))
+                      pick(None, "learning_rate", own.learning_rate), num_updates)
   lr = h["learning_rate"] * float(lr_scale)
   choice = ALGOS[algo].with_settings(choice, with_run_values(settings, b, t, lr))
   run = RunConfig(agent=agent_config,
                   optimizer=OptimizerConfig(name=own.optimizer, max_grad_norm=MAX_GRAD_NORM),
                   learning_rate=lr, alpha_y=h["alpha_y"], gamma=GAMMA, num_envs=b, rollout_len=t,
-                  num_updates=max(1, math.ceil(int(steps) / (b * t))),
-                  anneal_lr=bool(getattr(settings, "anneal_lr", False)))
+                  num_updates=num_updates, anneal_lr=bool(getattr(settings, "anneal_lr", False)))
   return RunPlan(source=source, choice=choice, steps=int(steps), seeds=int(seeds), out=out, run=run,
                  seed=int(seed), hyper_sources=h["sources"] | {"hidden": widths_src}
                  | ({"learning_rate": f"{h['sources']['learning_rate']} x {float(lr_scale):g}"}

@@ -1,7 +1,7 @@
 """``lpg-ship``: a meta-training run's validated rule, packaged as a shipped artifact.
 
     lpg-ship --run runs/recipe --name lpg_recipe_cpu [--out artifacts] [--rule rule_best.pkl]
-             [--selected-on ENV,...] [--overwrite]
+             [--selected-on ENV,...] [--meta-test-lifetimes N,...] [--overwrite]
 
 Writes, into ``--out``:
 
@@ -18,6 +18,13 @@ Writes, into ``--out``:
   compressed), ``scores.png`` (training and validation scores per task) and
   ``meta_training.png`` (the population's mean normalised return, or an ES population's
   fitness).
+
+``--meta-test-lifetimes 200,1000,4000``: the step size that suits an agent depends on how
+many updates it makes, and the run validated on short lifetimes; this validates the shipped
+rule again on the run's validation tasks with lifetimes of each length, at every candidate
+step size (``meta_train.validation.lifetime_settings``), and records the choices as
+``meta_test[kind]["by_lifetime"]``: ``lpg-apply`` uses the one of the length nearest its
+run's (a 5M-step MinAtar run makes ~3,900 updates).  Only validation tasks decide.
 
 ``--selected-on``: tasks on which this rule (or its run's recipe) was preferred to other
 candidates after meta-training (e.g. MinAtar games that decided between two runs); they are
@@ -160,8 +167,43 @@ def selected_envs(spec: str) -> tuple[str, ...]:
     raise UserError(f"--selected-on: {cli.one_line(e)}") from None
 
 
+def parse_lifetimes(spec: str) -> tuple[int, ...]:
+  """``--meta-test-lifetimes`` (comma list of update counts; empty: none) -> sorted counts."""
+  if not spec.strip():
+    return ()
+  try:
+    values = sorted({int(x) for x in spec.split(",")})
+  except ValueError:
+    values = [0]
+  if values[0] < 1:
+    raise UserError(f"--meta-test-lifetimes must be positive whole numbers of updates, comma "
+                    f"separated (e.g. 200,1000,4000), got {spec!r}")
+  return tuple(values)
+
+
+def with_lifetimes(run: str, config, loaded, chosen: dict, lifetimes: tuple[int, ...]) -> dict:
+  """``chosen`` with each agent kind's ``by_lifetime`` (``validation.lifetime_settings`` of
+  the shipped rule on the run's validation tasks, lifetimes of ``lifetimes`` updates)."""
+  from lpg.rule import LPGRule
+  from meta_train import validation
+  if not lifetimes:
+    return chosen
+  if loaded.family != "lpg" or not config.validate_envs:
+    raise UserError("--meta-test-lifetimes needs an LPG rule from a run that validated "
+                    f"(this one: family {loaded.family}, validation tasks "
+                    f"{list(config.validate_envs) or 'none'})")
+  refs = validation.baselines(tuple(config.validate_envs), run)
+  found = validation.lifetime_settings(config, LPGRule(config.rule), loaded.params, lifetimes,
+                                       refs)
+  out = {k: dict(v) for k, v in chosen.items()}
+  for kind, entries in found.items():
+    out.setdefault(kind, {})["by_lifetime"] = entries
+  return out
+
+
 def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
-         overwrite: bool = False, selected_on: tuple[str, ...] = ()) -> dict:
+         overwrite: bool = False, selected_on: tuple[str, ...] = (),
+         lifetimes: tuple[int, ...] = ()) -> dict:
   """Writes the shipped rule, its metadata and its training record; returns the metadata."""
   from lpg.artifact import atomic_write, save_rule
   if not NAME.match(name):
@@ -171,7 +213,7 @@ def ship(run: str, name: str, out: str, rule_name: str = "rule_best.pkl",
   if os.path.exists(pkl) and not overwrite:
     raise UserError(f"{pkl} exists; pass --overwrite to replace it or choose another --name")
   step = loaded.metadata.get("validated_at")
-  chosen = _chosen(run, config, loaded, step)
+  chosen = with_lifetimes(run, config, loaded, _chosen(run, config, loaded, step), lifetimes)
   meta = dict(loaded.metadata, name=name, shipped_from=os.path.abspath(run),
               validate_envs=list(dict.fromkeys((*config.validate_envs, *selected_on))),
               selected_on=list(selected_on))
@@ -198,6 +240,10 @@ def build_parser() -> cli.Parser:
                  help="tasks (names or suites) that chose this rule among candidates after "
                       "meta-training; they "
                       "are marked validation (not test) in every report")
+  p.add_argument("--meta-test-lifetimes", default="", metavar="N,...",
+                 help="also choose the meta-test step size by the run's validation on "
+                      "lifetimes of N updates (every candidate step size), e.g. 200,1000,4000; "
+                      "lpg-apply then uses the choice of the lifetime nearest its own")
   p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.pkl")
   p.add_argument("--debug", action="store_true", help="print tracebacks of user errors")
   return p
@@ -205,12 +251,16 @@ def build_parser() -> cli.Parser:
 
 def _main(argv) -> int:
   args = build_parser().parse_args(argv)
+  lifetimes = parse_lifetimes(args.meta_test_lifetimes)
   data = ship(args.run, args.name, args.out, args.rule, args.overwrite,
-              selected_envs(args.selected_on))
+              selected_envs(args.selected_on), lifetimes)
   v = data["validation"] or {}
+  by_life = {k: {e["updates"]: e["learning_rate"] for e in s["by_lifetime"]}
+             for k, s in data["meta_test"].items() if s.get("by_lifetime")}
   print(f"{PROG}: {os.path.join(args.out, data['file'])}: {data['meta_updates']} meta-updates, "
         f"validation score {v.get('score')} at meta-update {v.get('meta_update')}; meta-test "
-        f"settings {json.dumps({k: s.get('learning_rate') for k, s in data['meta_test'].items()})}",
+        f"settings {json.dumps({k: s.get('learning_rate') for k, s in data['meta_test'].items()})}"
+        + (f"; by lifetime (updates: step size) {json.dumps(by_life)}" if by_life else ""),
         file=sys.stderr)
   return cli.EXIT_OK
 

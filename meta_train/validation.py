@@ -210,19 +210,21 @@ def make_scores(setup, names, seed: int) -> Callable:
   return scores
 
 
-def chosen_settings(config, tasks: dict, kinds: dict, references: dict) -> dict:
+def chosen_settings(config, tasks: dict, kinds: dict, references: dict,
+                    points_of: Callable | None = None) -> dict:
   """Per agent kind, the validation grid point best on average over the kind's tasks.
 
   ``tasks``: one validation's ``{task: {"grid_returns": [G], ...}}``; ``kinds``:
-  ``{task: kind}``; ``references``: ``{task: (R_opt, R_random)}``.  Returns
-  ``{kind: {learning_rate, alpha_y, validation_score (the mean normalised score at
-  that point), validation_tasks}}``; a kind whose grid has no finite return gets its
-  middle point.
+  ``{task: kind}``; ``references``: ``{task: (R_opt, R_random)}``; ``points_of``:
+  ``kind -> ((learning_rate, alpha_y), ...)``, the points the returns belong to
+  (default ``grid``).  Returns ``{kind: {learning_rate, alpha_y, validation_score (the
+  mean normalised score at that point), validation_tasks}}``; a kind whose grid has no
+  finite return gets its middle point.
   """
   out = {}
   for kind in dict.fromkeys(kinds[name] for name in tasks):
     names = [n for n in tasks if kinds[n] == kind]
-    points = grid(config, kind)
+    points = (points_of or (lambda k: grid(config, k)))(kind)
     scores = np.array([[(r - references[n][1]) / (references[n][0] - references[n][1])
                         for r in tasks[n]["grid_returns"][:len(points)]] for n in names],
                       np.float64).reshape(len(names), len(points))
@@ -233,6 +235,58 @@ def chosen_settings(config, tasks: dict, kinds: dict, references: dict) -> dict:
     out[kind] = {"learning_rate": points[g][0], "alpha_y": points[g][1],
                  "validation_score": float(mean[g]) if np.isfinite(mean[g]) else None,
                  "validation_tasks": names}
+  return out
+
+
+def candidates(config, kind: str) -> tuple[tuple[float, float], ...]:
+  """Every candidate learning rate of ``kind`` (``tabular_lrs`` / ``network_lrs``), each
+  with the middle ``alpha_y``: the finer grid of ``lifetime_settings``."""
+  lrs = config.tabular_lrs if kind == "tabular" else config.network_lrs
+  alpha_y = config.alpha_ys[len(config.alpha_ys) // 2]
+  return tuple((float(lr), float(alpha_y)) for lr in lrs)
+
+
+def lifetime_settings(config, rule, rule_params, lifetimes, references: dict) -> dict:
+  """Per agent kind, the meta-test settings chosen again for each lifetime length.
+
+  The step size that suits a lifetime depends on its length: validation on the run's
+  own lifetimes (``validate_updates``, ~200 updates) picks a step too large for an agent
+  that makes thousands (e.g. MinAtar's ~3,900 in 5M steps).  For each ``N`` in
+  ``lifetimes`` this runs the run's validation again (same tasks, keys, seeds and middle
+  ``alpha_y``) with lifetimes of ``N`` updates at **every** candidate learning rate of each
+  task's kind (``candidates``) and picks, per kind, the one with the best mean normalised
+  score over the kind's tasks (``chosen_settings``).  Only validation tasks are used.
+
+  ``rule``: the rule object (``LPGRule``); ``references``: ``{task: (R_opt, R_random)}``.
+  Returns ``{kind: [{"updates": N, "learning_rate", "alpha_y", "validation_score",
+  "scores": {task: [normalised score per candidate]}, "learning_rates": [candidates]},
+  ...]}`` in the order of ``lifetimes``.
+  """
+  import dataclasses
+  from types import SimpleNamespace
+  names = tuple(config.validate_envs)
+  kinds = tuple(kind_of(n) for n in names)
+  points = {k: candidates(config, k) for k in set(kinds)}
+  width = max(len(p) for p in points.values())
+  rows = [list(points[k]) + [points[k][-1]] * (width - len(points[k])) for k in kinds]
+  table = np.array(rows, np.float32).reshape(len(kinds), width, 2)
+  out: dict = {k: [] for k in dict.fromkeys(kinds)}
+  for n in lifetimes:
+    c = dataclasses.replace(config, validate_updates=int(n))
+    scores = make_scores(SimpleNamespace(config=c, rule=rule), names, c.seed)
+    raw = np.asarray(jax.device_get(scores(rule_params, table[..., 0], table[..., 1])),
+                     np.float64)
+    tasks = {m: {"grid_returns": [float(r) for r in raw[v, :len(points[kinds[v]])]]}
+             for v, m in enumerate(names)}
+    chosen = chosen_settings(c, tasks, dict(zip(names, kinds)), references, points.get)
+    for kind, entry in chosen.items():
+      opt_rand = {m: references[m] for m in entry["validation_tasks"]}
+      norm = {m: [float((r - rand) / (opt - rand)) if np.isfinite(r) else None
+                  for r in tasks[m]["grid_returns"]] for m, (opt, rand) in opt_rand.items()}
+      out[kind].append({"updates": int(n), "learning_rate": entry["learning_rate"],
+                        "alpha_y": entry["alpha_y"],
+                        "validation_score": entry["validation_score"],
+                        "learning_rates": [p[0] for p in points[kind]], "scores": norm})
   return out
 
 

@@ -293,3 +293,76 @@ def test_lpg_ship_packages_the_best_validated_rule(validated_run, tmp_path, caps
   assert json.load(open(os.path.join(out, "z.json")))["selected_on"] == ["Breakout", "chain/long"]
   assert task_roles(z) == {"chain/long": "validation", "Breakout": "validation",
                            "chain/short": "train"}
+
+
+def test_for_lifetime_takes_the_nearest_length_on_a_log_scale():
+  from meta_test.plan import for_lifetime
+  entries = [{"updates": n, "learning_rate": lr} for n, lr in ((200, 4e-3), (1000, 2e-3),
+                                                               (4000, 1e-3))]
+  assert for_lifetime(entries, 234)["updates"] == 200          # classic control, 300k steps
+  assert for_lifetime(entries, 3906)["updates"] == 4000        # MinAtar, 5M steps
+  assert for_lifetime(entries, 50_000)["updates"] == 4000
+  tie = [{"updates": 800, "learning_rate": 1.0}, {"updates": 200, "learning_rate": 2.0}]
+  assert for_lifetime(tie, 400)["updates"] == 200              # log-equidistant: the shorter
+  assert for_lifetime([], 100) is None and for_lifetime(None, 100) is None
+  assert for_lifetime([{"updates": 0, "learning_rate": 1.0}, "x"], 100) is None
+
+
+def test_lifetime_settings_choose_per_length_over_every_candidate(monkeypatch):
+  """A fake validation where short lifetimes favour the largest step size and long ones a
+  small one (as the shipped rule's CartPole does): each length gets its own choice."""
+  from meta_train.config import TrainConfig
+  c = dataclasses.replace(TrainConfig(), validate_envs=("T", "N1", "N2"))
+  best_at = {10: 4, 1000: 1}          # index of the best network candidate per lifetime
+
+  def fake_make_scores(setup, names, seed):
+    n = setup.config.validate_updates
+    def scores(rule_params, lrs, ays):
+      out = np.zeros(lrs.shape)
+      out[0, 2] = 1.0                                    # tabular: the middle candidate
+      out[1:, best_at[n]] = 0.5                          # networks: the lifetime's best
+      out[2, 0] = np.nan                                 # a diverged point is skipped
+      return out
+    return scores
+  monkeypatch.setattr(validation, "make_scores", fake_make_scores)
+  monkeypatch.setattr(validation, "kind_of", lambda n: "tabular" if n == "T" else "network")
+  refs = {"T": (1.0, 0.0), "N1": (1.0, 0.0), "N2": (2.0, 0.0)}
+  got = validation.lifetime_settings(c, None, None, (10, 1000), refs)
+  assert [e["updates"] for e in got["network"]] == [10, 1000]
+  assert [e["learning_rate"] for e in got["network"]] == pytest.approx(
+      [c.network_lrs[4], c.network_lrs[1]])
+  assert got["network"][0]["validation_score"] == pytest.approx((0.5 + 0.25) / 2)
+  assert got["network"][1]["scores"]["N2"][0] is None
+  assert got["network"][1]["learning_rates"] == pytest.approx(list(c.network_lrs))
+  assert [e["learning_rate"] for e in got["tabular"]] == [c.tabular_lrs[2]] * 2
+  assert got["tabular"][0]["alpha_y"] == c.alpha_ys[len(c.alpha_ys) // 2]
+
+
+def test_lpg_ship_meta_test_lifetimes_reach_lpg_apply(validated_run, tmp_path, capsys):
+  from meta_test.plan import make_plan
+  from meta_train import ship
+  out = str(tmp_path / "artifacts")
+  assert ship.main(["--run", validated_run, "--name", "life", "--out", out,
+                    "--meta-test-lifetimes", "16,4"]) == 0
+  assert "by lifetime" in capsys.readouterr().err
+  path = os.path.join(out, "life.pkl")
+  entries = load_rule(path).extras["meta_test"]["tabular"]["by_lifetime"]
+  assert [e["updates"] for e in entries] == [4, 16]
+  assert json.load(open(os.path.join(out, "life.json")))["meta_test"]["tabular"][
+      "by_lifetime"] == entries
+  for e in entries:
+    assert e["learning_rate"] in (20.0, 40.0, 80.0, 160.0, 320.0)
+    assert set(e["scores"]) == {"chain/long"} and len(e["scores"]["chain/long"]) == 5
+  long = make_plan("chain/long", "lpg", 100_000, 1, str(tmp_path / "a"), rule_path=path)
+  assert long.run.num_updates > 16
+  assert long.run.learning_rate == pytest.approx(entries[1]["learning_rate"])
+  assert long.hyper_sources["learning_rate"] == "artifact (16-update lifetimes)"
+  flag = make_plan("chain/long", "lpg", 100_000, 1, str(tmp_path / "b"), rule_path=path,
+                   learning_rate=7.0)
+  assert flag.run.learning_rate == 7.0 and flag.hyper_sources["learning_rate"] == "flag"
+  for bad in ("0,100", "4,x"):
+    assert ship.main(["--run", validated_run, "--name", "bad", "--out", out,
+                      "--meta-test-lifetimes", bad]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and all("--meta-test-lifetimes" in l for l in err)
+  assert not os.path.exists(os.path.join(out, "bad.pkl"))
