@@ -218,6 +218,13 @@ def test_headline_artifact_loads_with_its_validation_record():
   assert loaded.config.value_inputs and loaded.config.signlog_reward
   assert loaded.extras["meta_test"]["network"]["learning_rate"] == pytest.approx(4e-3)
   assert {"Breakout", "SpaceInvaders", "CartPole"} <= set(loaded.metadata["validate_envs"])
+  # Step sizes chosen again by validation on longer lifetimes (lpg-ship --meta-test-lifetimes):
+  # a 5M-step MinAtar run (~3,900 updates) gets the 4,000-update choice, classic control 200's.
+  from meta_test.plan import for_lifetime
+  by_life = loaded.extras["meta_test"]["network"]["by_lifetime"]
+  assert [e["updates"] for e in by_life] == [200, 1000, 4000]
+  assert for_lifetime(by_life, 3906)["learning_rate"] == pytest.approx(2e-3)
+  assert for_lifetime(by_life, 234)["learning_rate"] == pytest.approx(4e-3)
 
 
 def test_optional_fields_load_and_are_checksummed(params, tmp_path):
