@@ -38,8 +38,10 @@ them).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 import jax
@@ -262,8 +264,6 @@ def lifetime_settings(config, rule, rule_params, lifetimes, references: dict) ->
   "scores": {task: [normalised score per candidate]}, "learning_rates": [candidates]},
   ...]}`` in the order of ``lifetimes``.
   """
-  import dataclasses
-  from types import SimpleNamespace
   names = tuple(config.validate_envs)
   kinds = tuple(kind_of(n) for n in names)
   points = {k: candidates(config, k) for k in set(kinds)}
