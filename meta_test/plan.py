@@ -212,7 +212,8 @@ def artifact_hypers(loaded_rule, agent_kind: str, learning_rate: float | None,
                                                 else "network")
   stored = stored if isinstance(stored, dict) else None
   src = "artifact"
-  matched = for_lifetime(stored.get("by_lifetime"), num_updates) if stored and num_updates else None
+  matched = (for_lifetime(stored.get("by_lifetime"), num_updates)
+             if stored and num_updates else None)
   if matched is not None:
     stored, src = matched, f"artifact ({matched['updates']}-update lifetimes)"
   lr, lr_src = ((float(learning_rate), "flag") if learning_rate is not None else

@@ -193,8 +193,10 @@ def with_lifetimes(run: str, config, loaded, chosen: dict, lifetimes: tuple[int,
                     f"(this one: family {loaded.family}, validation tasks "
                     f"{list(config.validate_envs) or 'none'})")
   refs = validation.baselines(tuple(config.validate_envs), run)
+  progress = lambda n: print(f"{PROG}: validating on {n}-update lifetimes "
+                             f"({lifetimes.index(n) + 1} of {len(lifetimes)})", file=sys.stderr)
   found = validation.lifetime_settings(config, LPGRule(config.rule), loaded.params, lifetimes,
-                                       refs)
+                                       refs, on_lifetime=progress)
   out = {k: dict(v) for k, v in chosen.items()}
   for kind, entries in found.items():
     out.setdefault(kind, {})["by_lifetime"] = entries

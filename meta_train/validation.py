@@ -141,13 +141,15 @@ def grid(config, kind: str) -> tuple[tuple[float, float], ...]:
   return tuple((float(lr), float(alpha_y)) for lr in picks)
 
 
-def hypers_for(config, kinds) -> tuple[np.ndarray, np.ndarray]:
+def hypers_for(config, kinds, points_of: Callable | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
   """``[V, G]`` learning rates and alpha_ys of the validation tasks of ``kinds``.
 
-  ``G`` is the largest grid; a kind with a smaller grid repeats its last point
-  (a repeated point scores the same, so the best over the row is unchanged).
+  ``points_of``: ``kind -> ((learning_rate, alpha_y), ...)`` (default ``grid``).  ``G`` is
+  the largest grid; a kind with a smaller grid repeats its last point (a repeated point
+  scores the same, so the best over the row is unchanged).
   """
-  grids = [grid(config, k) for k in kinds]
+  grids = [(points_of or (lambda k: grid(config, k)))(k) for k in kinds]
   width = max(len(g) for g in grids)
   rows = [list(g) + [g[-1]] * (width - len(g)) for g in grids]
   table = np.array(rows, np.float32).reshape(len(kinds), width, 2)
@@ -212,6 +214,12 @@ def make_scores(setup, names, seed: int) -> Callable:
   return scores
 
 
+def normalised(value: float, reference: tuple[float, float]) -> float:
+  """``(R - R_random) / (R_opt - R_random)`` of a return, ``reference`` ``(R_opt, R_random)``."""
+  opt, rand = reference
+  return (value - rand) / (opt - rand)
+
+
 def chosen_settings(config, tasks: dict, kinds: dict, references: dict,
                     points_of: Callable | None = None) -> dict:
   """Per agent kind, the validation grid point best on average over the kind's tasks.
@@ -227,7 +235,7 @@ def chosen_settings(config, tasks: dict, kinds: dict, references: dict,
   for kind in dict.fromkeys(kinds[name] for name in tasks):
     names = [n for n in tasks if kinds[n] == kind]
     points = (points_of or (lambda k: grid(config, k)))(kind)
-    scores = np.array([[(r - references[n][1]) / (references[n][0] - references[n][1])
+    scores = np.array([[normalised(r, references[n])
                         for r in tasks[n]["grid_returns"][:len(points)]] for n in names],
                       np.float64).reshape(len(names), len(points))
     finite = np.isfinite(scores)
@@ -248,7 +256,8 @@ def candidates(config, kind: str) -> tuple[tuple[float, float], ...]:
   return tuple((float(lr), float(alpha_y)) for lr in lrs)
 
 
-def lifetime_settings(config, rule, rule_params, lifetimes, references: dict) -> dict:
+def lifetime_settings(config, rule, rule_params, lifetimes, references: dict,
+                      on_lifetime: Callable[[int], None] | None = None) -> dict:
   """Per agent kind, the meta-test settings chosen again for each lifetime length.
 
   The step size that suits a lifetime depends on its length: validation on the run's
@@ -259,30 +268,28 @@ def lifetime_settings(config, rule, rule_params, lifetimes, references: dict) ->
   task's kind (``candidates``) and picks, per kind, the one with the best mean normalised
   score over the kind's tasks (``chosen_settings``).  Only validation tasks are used.
 
-  ``rule``: the rule object (``LPGRule``); ``references``: ``{task: (R_opt, R_random)}``.
-  Returns ``{kind: [{"updates": N, "learning_rate", "alpha_y", "validation_score",
+  ``rule``: the rule object (``LPGRule``); ``references``: ``{task: (R_opt, R_random)}``;
+  ``on_lifetime(N)``: called before each length (progress).  Returns ``{kind: [{"updates": N, "learning_rate", "alpha_y", "validation_score",
   "scores": {task: [normalised score per candidate]}, "learning_rates": [candidates]},
   ...]}`` in the order of ``lifetimes``.
   """
   names = tuple(config.validate_envs)
   kinds = tuple(kind_of(n) for n in names)
   points = {k: candidates(config, k) for k in set(kinds)}
-  width = max(len(p) for p in points.values())
-  rows = [list(points[k]) + [points[k][-1]] * (width - len(points[k])) for k in kinds]
-  table = np.array(rows, np.float32).reshape(len(kinds), width, 2)
+  lrs, ays = hypers_for(config, kinds, points.get)
   out: dict = {k: [] for k in dict.fromkeys(kinds)}
   for n in lifetimes:
+    if on_lifetime is not None:
+      on_lifetime(int(n))
     c = dataclasses.replace(config, validate_updates=int(n))
     scores = make_scores(SimpleNamespace(config=c, rule=rule), names, c.seed)
-    raw = np.asarray(jax.device_get(scores(rule_params, table[..., 0], table[..., 1])),
-                     np.float64)
+    raw = np.asarray(jax.device_get(scores(rule_params, lrs, ays)), np.float64)
     tasks = {m: {"grid_returns": [float(r) for r in raw[v, :len(points[kinds[v]])]]}
              for v, m in enumerate(names)}
     chosen = chosen_settings(c, tasks, dict(zip(names, kinds)), references, points.get)
     for kind, entry in chosen.items():
-      opt_rand = {m: references[m] for m in entry["validation_tasks"]}
-      norm = {m: [float((r - rand) / (opt - rand)) if np.isfinite(r) else None
-                  for r in tasks[m]["grid_returns"]] for m, (opt, rand) in opt_rand.items()}
+      norm = {m: [float(normalised(r, references[m])) if np.isfinite(r) else None
+                  for r in tasks[m]["grid_returns"]] for m in entry["validation_tasks"]}
       out[kind].append({"updates": int(n), "learning_rate": entry["learning_rate"],
                         "alpha_y": entry["alpha_y"],
                         "validation_score": entry["validation_score"],
@@ -336,9 +343,9 @@ def validate(validator: Validator, config, rule_params) -> dict:
   tasks = {}
   for v, name in enumerate(validator.names):
     g = int(np.nanargmax(raw[v])) if np.isfinite(raw[v]).any() else 0
-    opt, rand = validator.references[name]
     points = len(grid(config, validator.kinds[v]))
-    tasks[name] = {"return": float(raw[v, g]), "score": float((raw[v, g] - rand) / (opt - rand)),
+    tasks[name] = {"return": float(raw[v, g]),
+                   "score": float(normalised(raw[v, g], validator.references[name])),
                    "learning_rate": float(lrs[v, g]), "alpha_y": float(ays[v, g]),
                    "grid_returns": [float(r) for r in raw[v, :points]]}
   mean = float(np.mean([t["score"] for t in tasks.values()]))
